@@ -1,0 +1,58 @@
+"""Resuming an interrupted training run from its newest checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from ignite.engine import Engine
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERNS = ("checkpoint_epoch=*.pt", "checkpoint_final_iteration=*.pt")
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path:
+    """The most recently written training checkpoint (model, optimizer and trainer state) in ``ckpt_dir``."""
+    found = [path for pattern in CHECKPOINT_PATTERNS for path in Path(ckpt_dir).glob(pattern)]
+    if not found:
+        raise FileNotFoundError(
+            f"resume is set but ckpt_dir {ckpt_dir} holds no training checkpoint ({' or '.join(CHECKPOINT_PATTERNS)})"
+        )
+    return max(found, key=lambda path: path.stat().st_mtime_ns)
+
+
+class TrainingCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` that also saves the state of the engine it is attached to, as ``trainer``.
+
+    A bundle config cannot name the trainer inside the trainer's own handlers (a circular reference), so
+    the engine is added when the handler is attached. Same arguments as ``monai.handlers.CheckpointSaver``.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        self.save_dict["trainer"] = engine
+        super().attach(engine)
+
+
+class ResumeFromLatestCheckpoint:
+    """Load the newest training checkpoint of ``ckpt_dir`` into ``load_dict`` and the engine when it starts.
+
+    The trainer's state (epoch and iteration) is part of the checkpoint (see :class:`TrainingCheckpointSaver`),
+    so the run continues counting where the interrupted one stopped.
+
+    Args:
+        ckpt_dir: folder the training run saves its checkpoints to.
+        load_dict: objects to restore besides the engine, e.g. ``{"model": net, "optimizer": opt}``.
+        map_location: as in ``torch.load``; default: CPU tensors.
+    """
+
+    def __init__(self, ckpt_dir: str | Path, load_dict: Mapping[str, object], map_location: str | None = "cpu"):
+        self.ckpt_dir, self.load_dict, self.map_location = Path(ckpt_dir), dict(load_dict), map_location
+
+    def attach(self, engine: Engine) -> None:
+        path = latest_checkpoint(self.ckpt_dir)
+        logger.info("resuming from %s", path)
+        load_dict = {**self.load_dict, "trainer": engine}
+        CheckpointLoader(load_path=str(path), load_dict=load_dict, map_location=self.map_location).attach(engine)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 logger = logging.getLogger(__name__)
@@ -56,3 +56,9 @@ class ResumeFromLatestCheckpoint:
         logger.info("resuming from %s", path)
         load_dict = {**self.load_dict, "trainer": engine}
         CheckpointLoader(load_path=str(path), load_dict=load_dict, map_location=self.map_location).attach(engine)
+        engine.add_event_handler(Events.STARTED, self._report)
+
+    @staticmethod
+    def _report(engine: Engine) -> None:
+        state = engine.state
+        logger.info("resumed at epoch %d, iteration %d of %d epochs", state.epoch, state.iteration, state.max_epochs)

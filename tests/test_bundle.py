@@ -1,0 +1,208 @@
+"""The bundle as its users run it: `python -m monai.bundle ...` and `torchrun`, on small settings."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from scripts.networks import MedSORAImageNet
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from text_pipeline.organs import ORGANS
+
+from conftest import BUNDLE, REPO
+
+TRAIN = "bundle/configs/train.yaml"
+SMALL = {  # a small network and few phantoms: the wiring is under test here, not the model's skill
+    "num_phantom_train": 3,
+    "num_phantom_val": 1,
+    "image_size": "[32,32,8]",
+    "hidden_size": 32,
+    "mlp_dim": 64,
+    "num_layers_2d": 1,
+    "num_layers_3d": 1,
+    "num_heads": 2,
+    "batch_size": 8,
+    "learning_rate": 0.001,
+    "num_workers": 2,
+}
+ITERATIONS_PER_EPOCH = 3  # 3 phantoms x 7 organs = 21 samples in batches of 8
+
+
+def bundle_command(run_id: str, config_files: list[str], run_dir: Path, phantom_dir: Path, **overrides) -> list[str]:
+    config = config_files[0] if len(config_files) == 1 else str(config_files)
+    settings = {**SMALL, "phantom_dir": phantom_dir, "ckpt_dir": run_dir / "models", "output_dir": run_dir / "eval"}
+    arguments = [f"--{key}={value}" for key, value in {**settings, **overrides}.items()]
+    return ["-m", "monai.bundle", "run", run_id, "--config_file", config, *arguments]
+
+
+def run_bundle(*args, timeout: int = 300, launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.CompletedProcess:
+    result = subprocess.run([*launcher, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def scalars(log_dir: Path, tag: str) -> dict[int, float]:
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars(tag)}
+
+
+def trainer_iteration(checkpoint: Path) -> int:
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["trainer"]["iteration"])
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("phantoms")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, phantom_dir) -> tuple[Path, subprocess.CompletedProcess]:
+    run_dir = tmp_path_factory.mktemp("run")
+    return run_dir, run_bundle(*bundle_command("training", [TRAIN], run_dir, phantom_dir, num_epochs=5))
+
+
+def test_training_lowers_the_loss_and_reports_per_organ(trained):
+    run_dir, result = trained
+    losses = scalars(run_dir / "eval", "train_loss")
+    assert sorted(losses) == [1, 2, 3, 4, 5]
+    assert losses[5] < 0.8 * losses[1]
+    assert re.search(r"Epoch \[5/5\]: \[3/3\] 100%", result.stderr)  # the progress bar
+    assert "per-organ validation results" in result.stdout
+    for organ in ORGANS:
+        assert re.search(rf"^{organ} +[01]\.\d{{3}} +1$", result.stdout, re.MULTILINE)
+    metrics = json.loads((run_dir / "eval" / "validation_metrics.json").read_text())
+    assert metrics["epoch"] == 5 and len(metrics["confusion_matrix"]) == len(ORGANS)
+    assert sum(map(sum, metrics["confusion_matrix"])) == len(ORGANS)  # one validation phantom, 7 organs
+    assert (run_dir / "eval" / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+    assert set(scalars(run_dir / "eval", "val_accuracy")) == {1, 2, 3, 4, 5}
+
+
+def test_training_saves_weights_and_a_resumable_checkpoint(trained):
+    run_dir, _ = trained
+    models = run_dir / "models"
+    assert trainer_iteration(models / "checkpoint_epoch=5.pt") == 5 * ITERATIONS_PER_EPOCH
+    weights = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    network = MedSORAImageNet(img_size=(32, 32, 8), hidden_size=32, mlp_dim=64, num_layers_2d=1, num_layers_3d=1, num_heads=2)
+    network.load_state_dict(weights)
+    assert not list(models.glob(".*tmp*"))
+
+
+def test_evaluate_config_scores_the_best_weights(trained, phantom_dir):
+    run_dir, _ = trained
+    configs = [TRAIN, "bundle/configs/evaluate.yaml"]
+    eval_dir = run_dir / "evaluate"
+    result = run_bundle(*bundle_command("evaluating", configs, run_dir, phantom_dir, output_dir=eval_dir))
+    assert "per-organ evaluation results" in result.stdout
+    metrics = json.loads((eval_dir / "validation_metrics.json").read_text())
+    assert metrics["val_accuracy"] == pytest.approx(max(scalars(run_dir / "eval", "val_accuracy").values()))
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, phantom_dir):
+    command = bundle_command("training", [TRAIN], tmp_path, phantom_dir, num_epochs=100)
+    process = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while not list((tmp_path / "models").glob("checkpoint_epoch=*.pt")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    (checkpoint,) = (tmp_path / "models").glob("checkpoint_epoch=*.pt")
+    epochs_done = int(checkpoint.stem.split("=")[1])
+    assert epochs_done < 100 and trainer_iteration(checkpoint) == epochs_done * ITERATIONS_PER_EPOCH
+
+    resumed = run_bundle(*bundle_command("training", [TRAIN], tmp_path, phantom_dir, num_epochs=epochs_done + 2, resume=True))
+    start = epochs_done * ITERATIONS_PER_EPOCH
+    assert f"resumed at epoch {epochs_done}, iteration {start} of {epochs_done + 2} epochs" in resumed.stdout
+    final = tmp_path / "models" / f"checkpoint_epoch={epochs_done + 2}.pt"
+    assert trainer_iteration(final) == (epochs_done + 2) * ITERATIONS_PER_EPOCH
+
+
+def test_resume_without_a_checkpoint_names_the_config_id(tmp_path, phantom_dir):
+    command = bundle_command("training", [TRAIN], tmp_path, phantom_dir, num_epochs=1, resume=True)
+    result = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert f"resume is set but ckpt_dir {tmp_path / 'models'} holds no training checkpoint" in result.stderr
+
+
+def test_ddp_training_on_two_cpu_processes_with_gloo(tmp_path, phantom_dir):
+    configs = [TRAIN, "bundle/configs/multi_gpu_train.yaml"]
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    command = bundle_command("training", configs, tmp_path, phantom_dir, num_epochs=2)
+    result = run_bundle(*command, launcher=launcher, timeout=400)
+    assert result.stdout.count("per-organ validation results") == 1  # rank 0 alone reports
+    # each rank trains on half of the 21 samples: 11 (padded) in batches of 8 -> 2 iterations per epoch
+    assert trainer_iteration(tmp_path / "models" / "checkpoint_epoch=2.pt") == 4
+    weights = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(key.startswith("module.") for key in weights)
+
+
+def test_training_on_the_real_scans_through_a_datalist(tmp_path, phantom_dir, shared_ct):
+    items = [
+        {"image": str(shared_ct / "patient_a" / "ct.nii.gz"), "convention": "totalseg_total"},
+        {"image": str(shared_ct / "patient_b" / "dicom"), "convention": "totalseg_total"},
+    ]
+    for item in items:
+        item["label"] = str(Path(item["image"]).parent / "seg_totalseg.nii.gz")
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": items, "validation": items[1:]}))
+    result = run_bundle(*bundle_command("training", [TRAIN], tmp_path, phantom_dir, num_epochs=1, datalist=datalist))
+    assert "patient_b/dicom: no kidney in its label map, skipped" in result.stdout
+    metrics = json.loads((tmp_path / "eval" / "validation_metrics.json").read_text())
+    assert [metrics[f"n_{organ}"] for organ in ORGANS] == [1, 1, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("fusion", ["2d", "3d", "concat", "cross_attention"])
+def test_verify_net_in_out_with_metadata_shapes(fusion):
+    command = ["-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json"]
+    command += ["--config_file", "configs/train.yaml", "--fusion", fusion, "--device", "cpu"]
+    result = subprocess.run([sys.executable, *command], cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data shape of network is verified with no error" in result.stdout + result.stderr
+
+
+def test_metadata_validates_against_the_shipped_schema():
+    command = ["-m", "monai.bundle", "verify_metadata", "--meta_file", "bundle/configs/metadata.json"]
+    command += ["--filepath", "bundle/docs/metadata_schema.json"]
+    result = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "metadata is verified with no error" in result.stdout + result.stderr
+
+
+def test_paper_config_builds_the_papers_network_from_a_local_vit(tmp_path):
+    from conftest import bundle_parser
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=96)).save_pretrained(
+        tmp_path
+    )
+    parser = bundle_parser("paper.yaml", vit_pretrained_dir=str(tmp_path), device="$torch.device('cpu')")
+    assert parser["num_epochs"] == 50 and parser["image_size"] == [224, 224, 32]
+    network = parser.get_parsed_content("network_def").eval()
+    assert type(network.slice_encoder).__name__ == "HuggingFaceViTSliceEncoder"
+    assert network.feature_size == 48
+    with torch.no_grad():
+        logits = network(torch.rand(1, 1, 224, 224, 32))
+    assert tuple(logits.shape) == (1, len(ORGANS))
+
+
+def test_paper_config_without_a_local_vit_names_the_config_id():
+    from conftest import bundle_parser
+
+    with pytest.raises(Exception) as caught:
+        bundle_parser("paper.yaml").get_parsed_content("network_def")
+    chain, error = [], caught.value
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__
+    assert any("pretrained_dir" in message for message in chain)
+

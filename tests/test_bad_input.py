@@ -10,10 +10,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import REPO
 from scripts.data import ScanError, organ_samples, resolve_datalist
 from scripts.phantom import generate_phantom
-
-from conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,9 @@ def test_label_map_of_another_shape(tmp_path, phantom, preprocessing):
 def test_label_map_not_aligned_with_its_ct(tmp_path, phantom, preprocessing):
     shifted = phantom.affine.copy()
     shifted[:3, 3] += (9.0, 0.0, 0.0)
-    message = preprocess_error(preprocessing, scan_item(tmp_path, phantom.image, phantom.label, phantom.affine, shifted))
+    message = preprocess_error(
+        preprocessing, scan_item(tmp_path, phantom.image, phantom.label, phantom.affine, shifted)
+    )
     assert "seg.nii.gz is not aligned with its CT" in message and "affines differ" in message
 
 
@@ -89,7 +90,9 @@ def test_unknown_convention_named_by_the_datalist(tmp_path, phantom):
     item = scan_item(tmp_path, phantom.image, phantom.label, phantom.affine, convention="amos22")
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"training": [item], "validation": [item]}))
-    with pytest.raises(ValueError, match=r"\[training\] item 0: unknown label convention 'amos22'; known conventions: btcv"):
+    with pytest.raises(
+        ValueError, match=r"\[training\] item 0: unknown label convention 'amos22'; known conventions: btcv"
+    ):
         resolve_datalist(datalist=str(datalist))
 
 

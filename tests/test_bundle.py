@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import BUNDLE, REPO
 from scripts.networks import MedSORAImageNet
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from text_pipeline.organs import ORGANS
 
-from conftest import BUNDLE, REPO
+from text_pipeline.organs import ORGANS
 
 TRAIN = "bundle/configs/train.yaml"
 SMALL = {  # a small network and few phantoms: the wiring is under test here, not the model's skill
@@ -90,7 +90,9 @@ def test_training_saves_weights_and_a_resumable_checkpoint(trained):
     models = run_dir / "models"
     assert trainer_iteration(models / "checkpoint_epoch=5.pt") == 5 * ITERATIONS_PER_EPOCH
     weights = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
-    network = MedSORAImageNet(img_size=(32, 32, 8), hidden_size=32, mlp_dim=64, num_layers_2d=1, num_layers_3d=1, num_heads=2)
+    network = MedSORAImageNet(
+        img_size=(32, 32, 8), hidden_size=32, mlp_dim=64, num_layers_2d=1, num_layers_3d=1, num_heads=2
+    )
     network.load_state_dict(weights)
     assert not list(models.glob(".*tmp*"))
 
@@ -107,7 +109,9 @@ def test_evaluate_config_scores_the_best_weights(trained, phantom_dir):
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, phantom_dir):
     command = bundle_command("training", [TRAIN], tmp_path, phantom_dir, num_epochs=100)
-    process = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, *command], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 240
     try:
         while not list((tmp_path / "models").glob("checkpoint_epoch=*.pt")) and time.monotonic() < deadline:
@@ -120,7 +124,9 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, phantom_dir)
     epochs_done = int(checkpoint.stem.split("=")[1])
     assert epochs_done < 100 and trainer_iteration(checkpoint) == epochs_done * ITERATIONS_PER_EPOCH
 
-    resumed = run_bundle(*bundle_command("training", [TRAIN], tmp_path, phantom_dir, num_epochs=epochs_done + 2, resume=True))
+    resumed = run_bundle(
+        *bundle_command("training", [TRAIN], tmp_path, phantom_dir, num_epochs=epochs_done + 2, resume=True)
+    )
     start = epochs_done * ITERATIONS_PER_EPOCH
     assert f"resumed at epoch {epochs_done}, iteration {start} of {epochs_done + 2} epochs" in resumed.stdout
     final = tmp_path / "models" / f"checkpoint_epoch={epochs_done + 2}.pt"
@@ -182,9 +188,9 @@ def test_paper_config_builds_the_papers_network_from_a_local_vit(tmp_path):
     from conftest import bundle_parser
     from transformers import ViTConfig, ViTModel
 
-    ViTModel(ViTConfig(hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=96)).save_pretrained(
-        tmp_path
-    )
+    ViTModel(
+        ViTConfig(hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=96)
+    ).save_pretrained(tmp_path)
     parser = bundle_parser("paper.yaml", vit_pretrained_dir=str(tmp_path), device="$torch.device('cpu')")
     assert parser["num_epochs"] == 50 and parser["image_size"] == [224, 224, 32]
     network = parser.get_parsed_content("network_def").eval()
@@ -205,4 +211,3 @@ def test_paper_config_without_a_local_vit_names_the_config_id():
         chain.append(str(error))
         error = error.__cause__
     assert any("pretrained_dir" in message for message in chain)
-

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from scripts.data import organ_samples, resolve_datalist
 from scripts.phantom import write_phantom_dataset
+
 from text_pipeline.organs import ORGANS
 
 
@@ -34,7 +35,10 @@ def test_btcv_dataset_dir(btcv_dir, preprocessing):
 
 def test_plain_list_datalist_is_split_deterministically_with_relative_paths(btcv_dir, tmp_path):
     items = [
-        {"image": f"../{btcv_dir.name}/imagesTr/phantom_000{i}.nii.gz", "label": f"../{btcv_dir.name}/labelsTr/phantom_000{i}.nii.gz"}
+        {
+            "image": f"../{btcv_dir.name}/imagesTr/phantom_000{i}.nii.gz",
+            "label": f"../{btcv_dir.name}/labelsTr/phantom_000{i}.nii.gz",
+        }
         for i in range(3)
     ]
     datalist = btcv_dir.parent / "lists" / "datalist.json"

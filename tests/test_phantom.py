@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -107,8 +108,8 @@ def test_dtypes_shapes_and_affine(phantoms):
     other = generate_phantom(0, shape=(96, 80, 50), spacing=(3.0, 2.5, 5.0))
     assert other.image.shape == other.label.shape == (96, 80, 50)
     np.testing.assert_allclose(np.diag(other.affine), (3.0, 2.5, 5.0, 1.0))
-    with pytest.raises(Exception):
-        p.image = None  # frozen dataclass
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.image = None
 
 
 def test_every_required_organ_present_and_only_btcv_ids(phantoms):

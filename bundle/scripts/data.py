@@ -16,6 +16,7 @@ from pathlib import Path
 
 from monai.data import load_decathlon_datalist
 
+from scripts.phantom import write_phantom_dataset
 from text_pipeline.organs import LABEL_CONVENTIONS
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,6 @@ def resolve_datalist(
         return _btcv_datalist(Path(dataset_dir))
     if datalist:
         return _json_datalist(Path(datalist), val_fraction, seed)
-    from scripts.phantom import write_phantom_dataset
-
     scans = write_phantom_dataset(phantom_dir, num_cases=num_phantom_train + num_phantom_val, seed=seed)
     return {"training": scans[:num_phantom_train], "validation": scans[num_phantom_train:]}
 

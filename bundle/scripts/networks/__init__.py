@@ -1,8 +1,9 @@
 """Med-SORA image networks (method.md §3)."""
 
 from .fusion import ConcatFusion, CrossAttentionFusion
-from .medsora_image_net import FUSION_MODES, SLICE_BACKBONES, MedSORAImageNet, VolumeViTEncoder, classification_head
-from .slice_encoders import HuggingFaceViTSliceEncoder, MonaiViTSliceEncoder
+from .huggingface_vit import HuggingFaceViTSliceEncoder
+from .medsora_image_net import FUSION_MODES, SLICE_BACKBONES, MedSORAImageNet, classification_head
+from .vit_encoder import MonaiViTEncoder
 
 __all__ = [
     "FUSION_MODES",
@@ -11,7 +12,6 @@ __all__ = [
     "CrossAttentionFusion",
     "HuggingFaceViTSliceEncoder",
     "MedSORAImageNet",
-    "MonaiViTSliceEncoder",
-    "VolumeViTEncoder",
+    "MonaiViTEncoder",
     "classification_head",
 ]

@@ -9,57 +9,14 @@ import torch
 import torch.nn as nn
 
 from .fusion import ConcatFusion, CrossAttentionFusion
-from .slice_encoders import HuggingFaceViTSliceEncoder, MonaiViTSliceEncoder, monai_vit_cls_encoder
+from .huggingface_vit import HuggingFaceViTSliceEncoder
+from .vit_encoder import MonaiViTEncoder
 
-__all__ = ["FUSION_MODES", "SLICE_BACKBONES", "MedSORAImageNet", "VolumeViTEncoder", "classification_head"]
+__all__ = ["FUSION_MODES", "SLICE_BACKBONES", "MedSORAImageNet", "classification_head"]
 
 FUSION_MODES = ("2d", "3d", "concat", "cross_attention")
 SLICE_BACKBONES = ("monai", "huggingface")
 _MAIN_HEAD = {"2d": "2d", "3d": "3d", "concat": "fusion", "cross_attention": "fusion"}
-
-
-class VolumeViTEncoder(nn.Module):
-    """
-    3D encoder of method.md §3: a light ViT over the whole slice stack whose CLS output is f3D.
-
-    A 3D MONAI ``ViT`` built by ``monai_vit_cls_encoder`` (conv patch embedding, i.e. a Conv3d with
-    kernel = stride = ``patch_size``); the output is the CLS token after the final LayerNorm. The
-    paper's patch (8, 16, 16) in (D, H, W) is ``patch_size=(16, 16, 8)`` for MONAI's [B, C, H, W, D] layout.
-
-    Args:
-        in_channels: number of input channels.
-        img_size: volume size (H, W, D).
-        patch_size: patch size (H, W, D); must divide ``img_size``.
-        hidden_size: transformer width, the output feature size.
-        mlp_dim: width of the transformer MLPs.
-        num_layers: number of transformer blocks (paper: 6).
-        num_heads: number of attention heads; must divide ``hidden_size``.
-        dropout_rate: dropout in the patch embedding and the transformer blocks.
-
-    Raises:
-        ValueError: if ``patch_size`` does not divide ``img_size``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        img_size: Sequence[int],
-        patch_size: Sequence[int],
-        hidden_size: int,
-        mlp_dim: int,
-        num_layers: int,
-        num_heads: int,
-        dropout_rate: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.out_features: int = hidden_size
-        self.vit = monai_vit_cls_encoder(
-            in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads, dropout_rate, spatial_dims=3
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cls_feature, _ = self.vit(x)
-        return cls_feature
 
 
 def classification_head(in_features: int, hidden_features: int, num_classes: int, dropout_rate: float) -> nn.Module:
@@ -165,11 +122,8 @@ class MedSORAImageNet(nn.Module):
                     raise ValueError('slice_backbone "huggingface" requires pretrained_dir (a local model directory).')
                 self.slice_encoder = HuggingFaceViTSliceEncoder(pretrained_dir, in_channels=in_channels)
             else:
-                if any(s % slice_patch_size for s in img_size[:2]):
-                    raise ValueError(
-                        f"img_size {img_size} must have H and W divisible by slice_patch_size {slice_patch_size}."
-                    )
-                self.slice_encoder = MonaiViTSliceEncoder(
+                self.slice_encoder = MonaiViTEncoder(
+                    spatial_dims=2,
                     in_channels=in_channels,
                     img_size=img_size[:2],
                     patch_size=slice_patch_size,
@@ -178,6 +132,7 @@ class MedSORAImageNet(nn.Module):
                     num_layers=num_layers_2d,
                     num_heads=num_heads,
                     dropout_rate=dropout_rate,
+                    patch_size_name="slice_patch_size",
                 )
             self.feature_size = self.slice_encoder.out_features
         d_img = self.feature_size
@@ -185,11 +140,8 @@ class MedSORAImageNet(nn.Module):
         self.volume_encoder: nn.Module | None = None
         self.volume_projection: nn.Module | None = None
         if uses_3d:
-            if len(volume_patch_size) != 3 or any(s % p for s, p in zip(img_size, volume_patch_size)):
-                raise ValueError(
-                    f"img_size {img_size} must be divisible by volume_patch_size {tuple(volume_patch_size)}."
-                )
-            self.volume_encoder = VolumeViTEncoder(
+            self.volume_encoder = MonaiViTEncoder(
+                spatial_dims=3,
                 in_channels=in_channels,
                 img_size=img_size,
                 patch_size=volume_patch_size,
@@ -198,6 +150,7 @@ class MedSORAImageNet(nn.Module):
                 num_layers=num_layers_3d,
                 num_heads=num_heads_3d or num_heads,
                 dropout_rate=dropout_rate,
+                patch_size_name="volume_patch_size",
             )
             if self.volume_encoder.out_features != d_img:
                 self.volume_projection = nn.Linear(self.volume_encoder.out_features, d_img)

@@ -1,109 +1,16 @@
-"""2D slice encoders: each maps a batch of axial slices [N, C, H, W] to their CLS features [N, out_features]."""
+"""A pretrained transformers ViT as the 2D slice encoder: slices [N, C, H, W] to CLS features [N, out_features]."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.nets import ViT
 
-__all__ = ["HuggingFaceViTSliceEncoder", "MonaiViTSliceEncoder", "monai_vit_cls_encoder"]
-
-
-def monai_vit_cls_encoder(
-    in_channels: int,
-    img_size: Sequence[int],
-    patch_size: Sequence[int] | int,
-    hidden_size: int,
-    mlp_dim: int,
-    num_layers: int,
-    num_heads: int,
-    dropout_rate: float,
-    spatial_dims: int,
-) -> ViT:
-    """
-    MONAI ``ViT`` whose output is its CLS token after the final LayerNorm.
-
-    Built with ``classification=True`` (which creates the CLS token) and ``classification_head``
-    replaced by ``nn.Identity``, so ``vit(x)[0]`` is the [N, hidden_size] CLS feature (no Linear, no
-    Tanh). MONAI's ``TransformerBlock`` creates ``norm_cross_attn`` even without cross-attention;
-    it is replaced by ``nn.Identity`` so that every parameter receives a gradient (DDP without
-    ``find_unused_parameters``).
-
-    Raises:
-        ValueError: if ``patch_size`` does not divide ``img_size`` (MONAI's conv patch embedding
-            would silently drop the remainder).
-    """
-    img_size = tuple(img_size)
-    patch = (patch_size,) * spatial_dims if isinstance(patch_size, int) else tuple(patch_size)
-    if len(img_size) != spatial_dims or len(patch) != spatial_dims or any(s % p for s, p in zip(img_size, patch)):
-        raise ValueError(f"img_size {img_size} must be {spatial_dims} sizes divisible by patch_size {patch_size}.")
-    vit = ViT(
-        in_channels=in_channels,
-        img_size=img_size,
-        patch_size=patch,
-        hidden_size=hidden_size,
-        mlp_dim=mlp_dim,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        classification=True,
-        dropout_rate=dropout_rate,
-        spatial_dims=spatial_dims,
-        post_activation=None,
-    )
-    vit.classification_head = nn.Identity()
-    for block in vit.blocks:
-        if not block.with_cross_attention:
-            block.norm_cross_attn = nn.Identity()
-    return vit
-
-
-class MonaiViTSliceEncoder(nn.Module):
-    """
-    Randomly initialised 2D ViT giving one CLS feature per slice: the 2D encoder of method.md §3.
-
-    A 2D MONAI ``ViT`` built by :func:`monai_vit_cls_encoder`: the output is the CLS token after
-    the final LayerNorm, with no Linear and no Tanh on top.
-
-    Args:
-        in_channels: number of input channels.
-        img_size: slice size (H, W).
-        patch_size: square patch size; must divide H and W.
-        hidden_size: transformer width, the output feature size.
-        mlp_dim: width of the transformer MLPs.
-        num_layers: number of transformer blocks.
-        num_heads: number of attention heads; must divide ``hidden_size``.
-        dropout_rate: dropout in the patch embedding and the transformer blocks.
-
-    Raises:
-        ValueError: if ``patch_size`` does not divide ``img_size``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        img_size: Sequence[int],
-        patch_size: int,
-        hidden_size: int,
-        mlp_dim: int,
-        num_layers: int,
-        num_heads: int,
-        dropout_rate: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.out_features: int = hidden_size
-        self.vit = monai_vit_cls_encoder(
-            in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads, dropout_rate, spatial_dims=2
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cls_feature, _ = self.vit(x)
-        return cls_feature
+__all__ = ["HuggingFaceViTSliceEncoder"]
 
 
 def _read_normalisation(pretrained_dir: Path, num_channels: int) -> tuple[list[float], list[float]]:

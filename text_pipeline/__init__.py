@@ -4,6 +4,20 @@ This package also holds the project's single organ vocabulary (:mod:`text_pipeli
 which the MONAI bundle imports so that text and image sides agree on organ order.
 """
 
-from text_pipeline.organs import LABEL_CONVENTIONS, ORGANS, organ_index, organ_lookup_table
+from text_pipeline.organs import (
+    LABEL_CONVENTIONS,
+    ORGAN_NAME_STEMS,
+    ORGANS,
+    organ_index,
+    organ_lookup_table,
+    organs_named_in,
+)
 
-__all__ = ["LABEL_CONVENTIONS", "ORGANS", "organ_index", "organ_lookup_table"]
+__all__ = [
+    "LABEL_CONVENTIONS",
+    "ORGAN_NAME_STEMS",
+    "ORGANS",
+    "organ_index",
+    "organ_lookup_table",
+    "organs_named_in",
+]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+import re
+
 import numpy as np
 
 ORGANS: tuple[str, ...] = ("liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland")
@@ -48,6 +50,31 @@ LABEL_CONVENTIONS: Mapping[str, Mapping[int, str]] = MappingProxyType(
         "medsora": MappingProxyType({i + 1: name for i, name in enumerate(ORGANS)}),
     }
 )
+
+
+# Words that name an organ outright, matched at the start of a word, case-insensitive: "hepat" catches
+# hepatic, hepatitis and hepatomegaly, while "epigastric" (a region, not the organ) passes. A symptom text
+# must name none of them (method.md §1).
+ORGAN_NAME_STEMS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "liver": ("liver", "hepat"),
+        "pancreas": ("pancrea",),
+        "kidney": ("kidney", "renal", "nephr"),
+        "gallbladder": ("gallbladder", "gall bladder", "gall-bladder", "cholecyst"),
+        "spleen": ("spleen", "splen"),
+        "stomach": ("stomach", "gastr"),
+        "adrenal_gland": ("adrenal", "suprarenal"),
+    }
+)
+_STEM_PATTERNS = {
+    organ: re.compile(r"\b(?:" + "|".join(re.escape(stem) for stem in stems) + ")", re.IGNORECASE)
+    for organ, stems in ORGAN_NAME_STEMS.items()
+}
+
+
+def organs_named_in(text: str) -> list[str]:
+    """The organs whose name or obvious stem ``text`` contains (empty for a text that leaks no organ)."""
+    return [organ for organ, pattern in _STEM_PATTERNS.items() if pattern.search(text)]
 
 
 def organ_index(name: str) -> int:

@@ -7,10 +7,9 @@ Left and right kidneys are merged into ``kidney``; left and right adrenals into 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
-
-import re
 
 import numpy as np
 
@@ -52,24 +51,46 @@ LABEL_CONVENTIONS: Mapping[str, Mapping[int, str]] = MappingProxyType(
 )
 
 
-# Words that name an organ outright, matched at the start of a word, case-insensitive: "hepat" catches
-# hepatic, hepatitis and hepatomegaly, while "epigastric" (a region, not the organ) passes. A symptom text
-# must name none of them (method.md §1).
+# Words that name an organ outright, case-insensitive. A stem matches at the start of a word ("hepat" catches
+# hepatic, hepatitis and hepatomegaly, while "epigastric", a region, passes); an infix matches anywhere in a
+# word ("intrahepatic", "pericholecystic", "hepatosplenomegaly"; not "nephr", which is in "metanephrine", an
+# adrenal hormone). A symptom text must name none of them (method.md §1).
 ORGAN_NAME_STEMS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "liver": ("liver", "hepat"),
+        "liver": ("liver", "hepat", "hep a", "hep b", "hep c", "hep e"),
         "pancreas": ("pancrea",),
         "kidney": ("kidney", "renal", "nephr"),
-        "gallbladder": ("gallbladder", "gall bladder", "gall-bladder", "cholecyst"),
+        "gallbladder": (
+            "gallbladder",
+            "gall bladder",
+            "gall-bladder",
+            "gallstone",
+            "cholecyst",
+            "cholelith",
+            "lap chole",
+        ),
         "spleen": ("spleen", "splen"),
         "stomach": ("stomach", "gastr"),
         "adrenal_gland": ("adrenal", "suprarenal"),
     }
 )
-_STEM_PATTERNS = {
-    organ: re.compile(r"\b(?:" + "|".join(re.escape(stem) for stem in stems) + ")", re.IGNORECASE)
-    for organ, stems in ORGAN_NAME_STEMS.items()
-}
+ORGAN_NAME_INFIXES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "liver": ("hepat",),
+        "pancreas": ("pancrea",),
+        "gallbladder": ("cholecyst", "cholelith", "gallstone"),
+        "spleen": ("splen",),
+    }
+)
+
+
+def _pattern(organ: str) -> re.Pattern:
+    stems = [r"\b" + re.escape(stem) for stem in ORGAN_NAME_STEMS[organ]]
+    stems += [re.escape(infix) for infix in ORGAN_NAME_INFIXES.get(organ, ())]
+    return re.compile("|".join(stems), re.IGNORECASE)
+
+
+_STEM_PATTERNS = {organ: _pattern(organ) for organ in ORGAN_NAME_STEMS}
 
 
 def organs_named_in(text: str) -> list[str]:

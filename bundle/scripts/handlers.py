@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar as IgniteProgressBar
 
-from scripts.files import write_atomically, write_json
+from text_pipeline.files import write_atomically, write_json_atomically
 from text_pipeline.organs import ORGANS
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class OrganValidationReport:
             engine.state.metrics[f"n_{organ}"] = int(counts[index])
         engine.state.metrics["accuracy"] = float(np.trace(confusion) / max(confusion.sum(), 1))
         epoch = engine.state.epoch if engine.state.epoch is not None else 0
-        write_json(
+        write_json_atomically(
             self.output_dir / "validation_metrics.json",
             {
                 "epoch": epoch,

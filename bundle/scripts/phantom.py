@@ -24,8 +24,8 @@ import numpy as np
 from scipy import ndimage
 
 from scripts import phantom_anatomy as A
-from scripts.files import write_atomically
 from scripts.phantom_anatomy import BTCV_LABELS, TISSUES, Blob, Tube, jitter_blob, jitter_tube, volume_scale
+from text_pipeline.files import write_atomically
 
 __all__ = [
     "PHANTOM_VERSION",

@@ -1,4 +1,4 @@
-"""Writing files so that a reader never sees one half written."""
+"""Writing files so that a reader never sees one half written (used by the text pipeline and the bundle)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,14 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def write_json(path: str | Path, content: Any) -> Path:
+def write_json_atomically(path: str | Path, content: Any) -> Path:
     """Write ``content`` as indented JSON, atomically."""
     text = json.dumps(content, indent=2) + "\n"
     return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_torch_atomically(path: str | Path, content: Any) -> Path:
+    """``torch.save`` ``content`` (tensors and plain containers, loadable with ``weights_only=True``), atomically."""
+    import torch
+
+    return write_atomically(path, lambda tmp: torch.save(content, tmp))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
@@ -24,11 +25,26 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path:
     return max(found, key=lambda path: path.stat().st_mtime_ns)
 
 
-class TrainingCheckpointSaver(CheckpointSaver):
-    """MONAI's ``CheckpointSaver`` that also saves the state of the engine it is attached to, as ``trainer``.
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` that writes every file to a temporary file and renames it into place.
+
+    MONAI turns Ignite's atomic saving off (for file permissions, which Ignite now sets itself), so a run
+    killed while saving would leave a truncated checkpoint under its final name, and resuming from it would
+    fail. Same arguments as ``monai.handlers.CheckpointSaver``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True
+
+
+class TrainingCheckpointSaver(AtomicCheckpointSaver):
+    """An :class:`AtomicCheckpointSaver` that also saves the state of the engine it is attached to, as ``trainer``.
 
     A bundle config cannot name the trainer inside the trainer's own handlers (a circular reference), so
-    the engine is added when the handler is attached. Same arguments as ``monai.handlers.CheckpointSaver``.
+    the engine is added when the handler is attached.
     """
 
     def attach(self, engine: Engine) -> None:

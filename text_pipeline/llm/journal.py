@@ -18,12 +18,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from text_pipeline.files import write_atomically
 
 __all__ = ["Journal", "request_key", "write_jsonl"]
 
@@ -159,19 +160,15 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    """Write ``rows`` as JSONL to ``path`` atomically: to a temporary file beside it, fsync'd, then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    """Write ``rows`` as JSONL to ``path`` atomically (:func:`text_pipeline.files.write_atomically`), fsync'd."""
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+
+    written = write_atomically(path, write)
+    _fsync_dir(written.parent)
+    return written

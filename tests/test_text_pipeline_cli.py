@@ -118,3 +118,12 @@ def test_stages_one_by_one_reach_the_same_artifacts(tmp_path):
 def test_train_before_anchors_says_which_stage_is_missing(tmp_path):
     result = text_pipeline("train", "--epochs", "1", "--artifacts", str(tmp_path))
     assert result.returncode == 2 and "run `python -m text_pipeline anchors` (or build) first" in result.stderr
+
+
+def test_artifacts_refuse_embeddings_of_another_encoder(built):
+    from text_pipeline.pipeline import load_anchors
+
+    artifacts, _ = built
+    assert load_anchors(artifacts, "minilm")["encoder"] == "minilm"
+    with pytest.raises(ValueError, match="built with encoder 'minilm', not 'openai:text-embedding-3-small'"):
+        load_anchors(artifacts, "openai:text-embedding-3-small")

@@ -83,7 +83,7 @@ def _train(args: argparse.Namespace) -> None:
     settings = _settings(args)
     train = read_corpus("train")
     features = pipeline.embed(train, args.artifacts, settings.encoder)
-    anchors = pipeline.load_anchors(args.artifacts)
+    anchors = pipeline.load_anchors(args.artifacts, settings.encoder)
     pipeline.train_models(features, pipeline.source_organs(train), anchors, settings, args.artifacts)
     print(f"text MLPs -> {args.artifacts / 'text_mlp_soft.pt'}, {args.artifacts / 'text_mlp_hard.pt'}")
 

@@ -81,11 +81,21 @@ def build_anchors(features: np.ndarray, organs: np.ndarray, settings: BuildSetti
     return state
 
 
-def load_anchors(artifacts: Path) -> dict:
+def check_encoder(saved_with: str | None, encoder_spec: str, path: Path) -> None:
+    """Embeddings of one encoder mean nothing to artifacts fitted on another's: refuse the mix."""
+    if saved_with != encoder_spec:
+        raise ValueError(
+            f"{path} was built with encoder {saved_with!r}, not {encoder_spec!r}: pass --encoder {saved_with}"
+        )
+
+
+def load_anchors(artifacts: Path, encoder_spec: str) -> dict:
     path = artifacts / "anchors.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `python -m text_pipeline anchors` (or build) first")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    anchors = torch.load(path, map_location="cpu", weights_only=True)
+    check_encoder(anchors["encoder"], encoder_spec, path)
+    return anchors
 
 
 def train_models(features: np.ndarray, organs: np.ndarray, anchors: dict, settings: BuildSettings, artifacts: Path):
@@ -120,6 +130,7 @@ def score_queries(queries: list[Query], artifacts: Path, encoder_spec: str) -> d
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: run `python -m text_pipeline train` (or build) first")
         model = load_text_model(path).eval()
+        check_encoder(model.extra.get("encoder"), encoder_spec, path)
         with torch.no_grad():
             scores[kind] = model.predict_proba(features).numpy()
     return scores
@@ -160,7 +171,7 @@ def figures(artifacts: Path, encoder_spec: str, out_dir: Path) -> list[Path]:
     train = read_corpus("train")
     features = embed(train, artifacts, encoder_spec)
     organs = source_organs(train)
-    anchors = load_anchors(artifacts)
+    anchors = load_anchors(artifacts, encoder_spec)
     hard = np.eye(len(ORGANS), dtype=np.float32)[organs]
     soft = soft_labels(anchors["v_pos"], torch.from_numpy(features)).numpy()
     paths = [out_dir / "tsne_text_embeddings.png", out_dir / "label_correlation_hard_vs_soft.png"]

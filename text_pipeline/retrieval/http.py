@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import urlencode
 
 import httpx
@@ -394,3 +394,60 @@ def fetch_parsed(
         logger.warning("GET %s: %s; retry %d of %d in %.2f s", shown, reason, attempt + 1, max_retries, delay)
         sleep(delay)
     raise AssertionError("unreachable")
+
+
+class ServiceClient:
+    """What the PubMed and Wikipedia clients share: an HTTP client, a rate limit, retries and a response cache.
+
+    Args:
+        max_per_second: the most requests per second.
+        cache_dir: response cache folder, or None for no cache.
+        http_client: an httpx client to use (not closed by :meth:`close`); default: one of its own.
+        max_retries: retries per request after the first attempt.
+        backoff: first retry delay in seconds.
+        timeout: seconds for connecting and for each read.
+    """
+
+    def __init__(
+        self,
+        max_per_second: float,
+        cache_dir: str | Path | None,
+        http_client: httpx.Client | None,
+        max_retries: int,
+        backoff: float,
+        timeout: float,
+    ) -> None:
+        self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
+        self.limiter = RateLimiter(max_per_second)
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.timeout = timeout
+        self._owns_client = http_client is None
+        self._client = http_client if http_client is not None else httpx.Client(follow_redirects=True)
+
+    def _fetch(
+        self, url: str, params: Params, parse: Callable[[str], T], headers: Mapping[str, str] | None = None
+    ) -> T:
+        return fetch_parsed(
+            self._client,
+            url,
+            params,
+            parse,
+            cache=self.cache,
+            limiter=self.limiter,
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            timeout=self.timeout,
+            headers=headers,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -20,10 +20,8 @@ import httpx
 from text_pipeline.retrieval.http import (
     DEFAULT_TIMEOUT,
     APIError,
-    RateLimiter,
-    ResponseCache,
+    ServiceClient,
     TransientAPIError,
-    fetch_parsed,
     install_httpx_log_redaction,
 )
 
@@ -38,7 +36,7 @@ FETCH_BATCH = 200
 MAX_RETMAX = 10_000
 
 
-class PubMedClient:
+class PubMedClient(ServiceClient):
     """Searches PubMed and fetches abstracts, rate limited, retried and cached.
 
     Args:
@@ -72,46 +70,21 @@ class PubMedClient:
         self.api_key = api_key if api_key is not None else os.environ.get("NCBI_API_KEY") or None
         self.email = email if email is not None else os.environ.get("NCBI_EMAIL") or None
         self.tool = tool
-        self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
-        self.limiter = RateLimiter(max_per_second or (10.0 if self.api_key else 3.0))
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.timeout = timeout
-        self._owns_client = http_client is None
-        self._client = http_client if http_client is not None else httpx.Client(follow_redirects=True)
+        super().__init__(
+            max_per_second or (10.0 if self.api_key else 3.0), cache_dir, http_client, max_retries, backoff, timeout
+        )
         install_httpx_log_redaction()
 
     def __repr__(self) -> str:
         key = "set" if self.api_key else "none"
         return f"PubMedClient(base_url={self.base_url!r}, api_key={key}, tool={self.tool!r})"
 
-    def close(self) -> None:
-        """Close the HTTP client if this object created it."""
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> PubMedClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def _params(self, **params: Any) -> dict[str, Any]:
         identity = {"tool": self.tool, "email": self.email, "api_key": self.api_key}
         return {**params, **{name: value for name, value in identity.items() if value}}
 
     def _get(self, endpoint: str, params: dict[str, Any], parse: Callable[[str], T]) -> T:
-        return fetch_parsed(
-            self._client,
-            f"{self.base_url}/{endpoint}",
-            params,
-            parse,
-            cache=self.cache,
-            limiter=self.limiter,
-            max_retries=self.max_retries,
-            backoff=self.backoff,
-            timeout=self.timeout,
-        )
+        return self._fetch(f"{self.base_url}/{endpoint}", params, parse)
 
     def search(self, term: str, retmax: int = 20) -> list[str]:
         """PMIDs of the best matches for ``term``, best first.

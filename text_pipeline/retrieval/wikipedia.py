@@ -24,10 +24,8 @@ from text_pipeline.retrieval.http import (
     DEFAULT_TIMEOUT,
     APIError,
     MalformedResponseError,
-    RateLimiter,
-    ResponseCache,
+    ServiceClient,
     TransientAPIError,
-    fetch_parsed,
 )
 
 logger = logging.getLogger(__name__)
@@ -58,7 +56,7 @@ SKIPPED_SECTIONS = frozenset(
 _HEADING = re.compile(r"^(=+)\s*(.*?)\s*\1$")
 
 
-class WikipediaClient:
+class WikipediaClient(ServiceClient):
     """Searches Wikipedia and fetches plain-text article extracts, rate limited, retried and cached.
 
     Args:
@@ -91,36 +89,13 @@ class WikipediaClient:
         self.base_url = base_url
         self.user_agent = user_agent
         self.article_base_url = article_base_url
-        self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
-        self.limiter = RateLimiter(max_per_second)
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.timeout = timeout
-        self._owns_client = http_client is None
-        self._client = http_client if http_client is not None else httpx.Client(follow_redirects=True)
-
-    def close(self) -> None:
-        """Close the HTTP client if this object created it."""
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> WikipediaClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        super().__init__(max_per_second, cache_dir, http_client, max_retries, backoff, timeout)
 
     def _get(self, params: dict[str, Any]) -> dict[str, Any]:
-        return fetch_parsed(
-            self._client,
+        return self._fetch(
             self.base_url,
             {**params, "format": "json", "formatversion": 2, "maxlag": MAXLAG},
             parse_api_response,
-            cache=self.cache,
-            limiter=self.limiter,
-            max_retries=self.max_retries,
-            backoff=self.backoff,
-            timeout=self.timeout,
             headers={"User-Agent": self.user_agent},
         )
 

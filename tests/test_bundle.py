@@ -10,12 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import BUNDLE, REPO
-from scripts.networks import MedSORAImageNet
+from scripts.networks import MedSORAImageNet, MedSORANet
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from text_pipeline.corpus import OOD_QUERIES, read_corpus, read_queries, read_query_sources
+from text_pipeline.metrics import evaluate_scores
 from text_pipeline.organs import ORGANS
 
 TRAIN = "bundle/configs/train.yaml"
@@ -69,7 +72,7 @@ def trained(tmp_path_factory, phantom_dir) -> tuple[Path, subprocess.CompletedPr
     return run_dir, run_bundle(*bundle_command("training", [TRAIN], run_dir, phantom_dir, num_epochs=5))
 
 
-def test_training_lowers_the_loss_and_reports_per_organ(trained):
+def test_training_learns_the_image_model_and_the_alignment_together(trained):
     run_dir, result = trained
     losses = scalars(run_dir / "eval", "train_loss")
     assert sorted(losses) == [1, 2, 3, 4, 5]
@@ -83,6 +86,9 @@ def test_training_lowers_the_loss_and_reports_per_organ(trained):
     assert sum(map(sum, metrics["confusion_matrix"])) == len(ORGANS)  # one validation phantom, 7 organs
     assert (run_dir / "eval" / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
     assert set(scalars(run_dir / "eval", "val_accuracy")) == {1, 2, 3, 4, 5}
+    alignment = scalars(run_dir / "eval", "val_alignment_loss")  # InfoNCE of the validation organs vs the texts
+    assert alignment[5] < alignment[1]
+    assert set(scalars(run_dir / "eval", "val_alignment_accuracy")) == {1, 2, 3, 4, 5}
 
 
 def test_training_saves_weights_and_a_resumable_checkpoint(trained):
@@ -90,10 +96,12 @@ def test_training_saves_weights_and_a_resumable_checkpoint(trained):
     models = run_dir / "models"
     assert trainer_iteration(models / "checkpoint_epoch=5.pt") == 5 * ITERATIONS_PER_EPOCH
     weights = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
-    network = MedSORAImageNet(
+    image_network = MedSORAImageNet(
         img_size=(32, 32, 8), hidden_size=32, mlp_dim=64, num_layers_2d=1, num_layers_3d=1, num_heads=2
     )
+    network = MedSORANet(image_network, text_features=256)
     network.load_state_dict(weights)
+    assert network.probability_scale > 0  # fitted after validation, saved with the weights
     assert not list(models.glob(".*tmp*"))
 
 
@@ -104,7 +112,47 @@ def test_evaluate_config_scores_the_best_weights(trained, phantom_dir):
     result = run_bundle(*bundle_command("evaluating", configs, run_dir, phantom_dir, output_dir=eval_dir))
     assert "per-organ evaluation results" in result.stdout
     metrics = json.loads((eval_dir / "validation_metrics.json").read_text())
-    assert metrics["val_accuracy"] == pytest.approx(max(scalars(run_dir / "eval", "val_accuracy").values()))
+    best = min(scalars(run_dir / "eval", "val_alignment_loss").values())  # model.pt: the best validation
+    assert metrics["val_alignment_loss"] == pytest.approx(best, rel=1e-4)
+    symptoms = json.loads((eval_dir / "metrics.json").read_text())  # default queries: the corpus test split
+    test_split = read_corpus("test")
+    assert symptoms["n_queries"] == len(test_split) and "ood_auroc" not in symptoms
+    assert [query["text"] for query in symptoms["queries"]] == [query.text for query in test_split]
+    assert symptoms["samples_per_organ"] == dict.fromkeys(ORGANS, 1)  # one validation phantom
+
+
+def test_evaluating_symptoms_with_out_of_domain_queries(trained, phantom_dir, tmp_path):
+    run_dir, _ = trained
+    queries = ["corpus:test", "text_pipeline/data/ood_queries.jsonl"]
+    command = bundle_command(
+        "evaluating", [TRAIN, "bundle/configs/evaluate.yaml"], run_dir, phantom_dir, output_dir=tmp_path,
+        queries_file=str(queries).replace(" ", ""),
+    )  # fmt: skip
+    result = run_bundle(*command)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    labelled = read_query_sources(queries)
+    scores = np.array([[query["scores"][organ] for organ in ORGANS] for query in metrics["queries"]])
+    assert ((scores >= 0) & (scores <= 1)).all()
+    expected = evaluate_scores(scores, labelled)  # the same definitions as text_pipeline's evaluate
+    assert {key: metrics[key] for key in expected} == pytest.approx(expected)
+    assert metrics["n_out_of_domain"] == len(read_queries(OOD_QUERIES)) and 0 <= metrics["ood_auroc"] <= 100
+    header, values = result.stdout.strip().splitlines()[-2:]
+    assert header.split() == ["rank1", "rank2", "rank3", "mAP", "ood_auroc", "n_queries"]
+    assert float(values.split()[0]) == pytest.approx(metrics["rank1"], abs=0.005)
+
+
+def test_evaluating_names_a_malformed_queries_line(trained, phantom_dir, tmp_path):
+    run_dir, _ = trained
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text('{"text": "jaundice", "organs": ["liver"]}\n\n{"text": "itch", "organs": ["skin"]}\n')
+    command = bundle_command(
+        "evaluating", [TRAIN, "bundle/configs/evaluate.yaml"], run_dir, phantom_dir, output_dir=tmp_path / "out",
+        queries_file=queries,
+    )  # fmt: skip
+    result = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert f"{queries}:3: unknown organ(s) 'skin'" in result.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, phantom_dir):
@@ -195,7 +243,7 @@ def test_paper_config_builds_the_papers_network_from_a_local_vit(tmp_path):
     parser = bundle_parser("paper.yaml", vit_pretrained_dir=str(tmp_path), device="$torch.device('cpu')")
     assert parser["num_epochs"] == 50 and parser["image_size"] == [224, 224, 32]
     network = parser.get_parsed_content("network_def").eval()
-    assert type(network.slice_encoder).__name__ == "HuggingFaceViTSliceEncoder"
+    assert type(network.image.slice_encoder).__name__ == "HuggingFaceViTSliceEncoder"
     assert network.feature_size == 48
     with torch.no_grad():
         logits = network(torch.rand(1, 1, 224, 224, 32))

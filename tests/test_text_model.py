@@ -15,6 +15,7 @@ from fake_openai import FakeOpenAI
 from fake_openai import fake_embedding as openai_fake_embedding
 
 from text_pipeline.anchors import anchor_loss, fit_anchors, margin, soft_labels
+from text_pipeline.corpus import read_corpus
 from text_pipeline.encoders import (
     CachedEncoder,
     MiniLMEncoder,
@@ -233,6 +234,13 @@ def test_minilm_gives_unit_384d_vectors_that_put_similar_symptoms_close(minilm):
     similarity = embeddings @ embeddings.T
     assert similarity[0, 1] > similarity[0, 2] + 0.2, similarity
     assert "all-MiniLM-L6-v2" in minilm.name
+
+
+def test_minilm_batches_give_what_sentence_transformers_gives_in_the_input_order():
+    texts = [query.text for query in read_corpus("test")[:70]] + ["knee pain"]
+    encoder = MiniLMEncoder(batch_size=16)  # several batches, texts of many lengths
+    reference = encoder._load().encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(encoder.encode(texts), reference, atol=1e-5)
 
 
 def test_texts_must_be_non_empty(tmp_path):

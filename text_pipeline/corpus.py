@@ -12,9 +12,11 @@ from text_pipeline.organs import ORGANS, organs_named_in
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CORPUS_DIR = DATA_DIR / "corpus"
 KNOWLEDGE_BASE_DIR = DATA_DIR / "knowledge_base"
-OOD_QUERIES = DATA_DIR / "ood_queries.jsonl"
+OOD_QUERIES = DATA_DIR / "ood_queries.jsonl"  # held out: evaluation only
+OOD_TRAINING_TEXTS = DATA_DIR / "ood_train.jsonl"  # training negatives: texts of no organ
 STYLES = ("patient", "clinician", "exam", "lab")
 SPLITS = ("train", "test")
+CORPUS_SOURCE_PREFIX = "corpus:"  # a query source naming a split of the shipped corpus, e.g. "corpus:test"
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,23 @@ def read_queries(path: str | Path) -> list[Query]:
     queries = [parse_query(item, f"{path}:{number}") for number, item in read_jsonl(path)]
     if not queries:
         raise ValueError(f"{path} holds no queries")
+    return queries
+
+
+def read_query_sources(sources: str | Path | list[str | Path]) -> list[Query]:
+    """Queries from one source or several: a JSON-lines file (see :func:`read_queries`) or ``"corpus:test"`` /
+    ``"corpus:train"``, a split of the shipped corpus."""
+    if isinstance(sources, str | Path):
+        sources = [sources]
+    if not sources:
+        raise ValueError("no query source given: name a JSON-lines file or corpus:test")
+    queries = []
+    for source in sources:
+        name = str(source)
+        if name.startswith(CORPUS_SOURCE_PREFIX):
+            queries += read_corpus(name.removeprefix(CORPUS_SOURCE_PREFIX))
+        else:
+            queries += read_queries(source)
     return queries
 
 

@@ -1,4 +1,4 @@
-"""Resuming an interrupted training run from its newest checkpoint."""
+"""Checkpoints: saving them whole, resuming an interrupted training run, loading trained weights."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
@@ -78,3 +79,25 @@ class ResumeFromLatestCheckpoint:
     def _report(engine: Engine) -> None:
         state = engine.state
         logger.info("resumed at epoch %d, iteration %d of %d epochs", state.epoch, state.iteration, state.max_epochs)
+
+
+def load_weights(
+    network: torch.nn.Module, path: str | Path, map_location: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Load a ``model.pt`` state dict (``weights_only=True``, strict) into ``network``; errors name the file.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a state dict of this network (e.g. trained with other hyperparameters).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model weights {path} do not exist: train first, or set model_path")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        network.load_state_dict(state)
+    except (RuntimeError, AttributeError, TypeError) as error:
+        raise ValueError(
+            f"{path} does not hold weights of this network (were its hyperparameters changed?): {error}"
+        ) from None
+    return network

@@ -1,4 +1,4 @@
-"""Ignite handlers reporting the image model's validation per organ."""
+"""Ignite handlers and metric inputs reporting the model's validation per organ."""
 
 from __future__ import annotations
 
@@ -12,10 +12,39 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar as IgniteProgressBar
 
+from scripts.losses import alignment_logits
 from text_pipeline.files import write_atomically, write_json_atomically
 from text_pipeline.organs import ORGANS
 
 logger = logging.getLogger(__name__)
+
+
+class ImageLogits:
+    """Metric input ``(logits, organ)`` of the image network's main head, from an engine's output with
+    ``pred`` = the dict of ``MedSORANet(x, organ_texts)``."""
+
+    def __call__(self, output: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return output["pred"]["logits"], output["label"].reshape(-1).long()
+
+
+class AlignmentLogits:
+    """Metric input ``(logits, organ)``: each organ sample's alignment logits (avgSim / tau) over the organs'
+    texts and the out-of-domain texts (method.md §4), the input of InfoNCE (a cross-entropy ``Loss`` metric)
+    and of alignment ``Accuracy`` (an out-of-domain text closest counts as wrong).
+
+    Args:
+        temperature: tau of the alignment loss.
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        self.temperature = temperature
+
+    def __call__(self, output: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        pred = output["pred"]
+        logits = alignment_logits(
+            pred["slice_features"], pred["text_features"], pred.get("other_text_features"), self.temperature
+        )
+        return logits, output["label"].reshape(-1).long()
 
 
 def organ_accuracy_table(metrics: Mapping[str, object], organs: Sequence[str] = ORGANS) -> str:

@@ -189,7 +189,8 @@ class MedSORAImageNet(nn.Module):
         f3d = self.volume_encoder(x)
         return f3d if self.volume_projection is None else self.volume_projection(f3d)
 
-    def _logits_and_features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def heads_and_features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The logits of every head the mode has, and the per-slice features of :meth:`organ_features`."""
         f2d = self.encode_slices(x) if self.slice_encoder is not None else None
         f3d = self.encode_volume(x) if self.volume_encoder is not None else None
         logits: dict[str, torch.Tensor] = {}
@@ -214,11 +215,11 @@ class MedSORAImageNet(nn.Module):
             eval mode: logits of the main head, [B, num_organs]. Training mode: dict of the trained
             heads' logits plus ``"slice_features"`` [B, D or 1, d_img].
         """
-        logits, slice_features = self._logits_and_features(x)
+        logits, slice_features = self.heads_and_features(x)
         if not self.training:
             return logits[self.main_head]
         return {**logits, "slice_features": slice_features}
 
     def organ_features(self, x: torch.Tensor) -> torch.Tensor:
         """Per-slice image features for alignment and inference (method.md §4-5), [B, D or 1, d_img]."""
-        return self._logits_and_features(x)[1]
+        return self.heads_and_features(x)[1]

@@ -1,0 +1,44 @@
+"""The default weights shipped in bundle/models: small, loadable by every config, and recording their origin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import torch
+from conftest import BUNDLE, REPO, bundle_parser
+from monai.bundle import ConfigParser
+
+from text_pipeline.text_model import load_text_model
+
+SHIPPED = ["model.pt", "text/anchors.pt", "text/text_mlp_soft.pt", "text/text_mlp_hard.pt", "text/manifest.json"]
+MAX_BYTES = 16 * 1024 * 1024
+
+
+def test_shipped_files_are_in_the_repository_and_at_most_16_mb():
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "bundle/models"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert {f"bundle/models/{name}" for name in SHIPPED} <= set(listed)
+    assert sum((REPO / path).stat().st_size for path in listed) <= MAX_BYTES
+
+
+def test_model_weights_fit_the_network_of_training_and_of_inference():
+    weights = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    training = bundle_parser().get_parsed_content("network_def")
+    training.load_state_dict(weights)  # strict
+    inference = ConfigParser()
+    inference.read_config(str(BUNDLE / "configs" / "inference.yaml"))
+    network = inference.get_parsed_content("network")
+    assert {k: v.shape for k, v in network.state_dict().items()} == {k: v.shape for k, v in weights.items()}
+    assert float(network.probability_scale) > 0
+
+
+def test_text_artifacts_record_their_encoder_and_labels():
+    for kind in ("soft", "hard"):
+        model = load_text_model(BUNDLE / "models" / "text" / f"text_mlp_{kind}.pt")
+        assert model.extra == {"encoder": "minilm", "labels": kind}
+        assert model.config["hidden_dim"] == bundle_parser()["text_feature_size"]
+    manifest = json.loads((BUNDLE / "models" / "text" / "manifest.json").read_text())
+    assert manifest["settings"]["encoder"] == "minilm" and manifest["corpus"]["train"] > 1000

@@ -161,7 +161,8 @@ def components(tmp_path_factory):
 def run_infer(components, scan_dir: Path, output_dir: Path, **kwargs):
     reasoner, cache, _ = components
     arguments = dict(image=scan_dir / "ct.nii.gz", label=scan_dir / "seg_totalseg.nii.gz")
-    arguments.update(label_convention="totalseg_total", output_dir=output_dir, **kwargs)
+    arguments.update(label_convention="totalseg_total", output_dir=output_dir)
+    arguments.update(kwargs)
     return infer(reasoner, cache, **arguments)
 
 
@@ -192,6 +193,14 @@ def test_malformed_queries_line_is_named(components, shared_ct, tmp_path):
         run_infer(components, shared_ct / "patient_a", tmp_path / "out", queries_file=long_query)
     with pytest.raises(ValueError, match="exactly one of symptom"):
         run_infer(components, shared_ct / "patient_a", tmp_path / "out", symptom="jaundice", queries_file=queries)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_scan_and_unknown_convention_are_refused_before_anything_is_written(components, shared_ct, tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"image {tmp_path / 'nowhere' / 'ct.nii.gz'} does not exist"):
+        run_infer(components, tmp_path / "nowhere", tmp_path / "out", symptom="jaundice")
+    with pytest.raises(ValueError, match="unknown label_convention 'btvc'"):
+        run_infer(components, shared_ct / "patient_a", tmp_path / "out", symptom="jaundice", label_convention="btvc")
     assert not (tmp_path / "out").exists()
 
 

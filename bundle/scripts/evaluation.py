@@ -3,7 +3,6 @@ features of a set of scans, with the metrics of ``text_pipeline.metrics``."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,8 +12,6 @@ from text_pipeline.files import write_json_atomically
 from text_pipeline.metrics import evaluate_scores
 from text_pipeline.organs import ORGANS
 from text_pipeline.pipeline import METRIC_KEYS
-
-logger = logging.getLogger(__name__)
 
 
 def symptom_metrics_table(metrics: dict) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +17,6 @@ from scripts.rendering import probability_map, render_probability_views, write_p
 from text_pipeline.corpus import read_query_sources
 from text_pipeline.files import write_json_atomically
 from text_pipeline.organs import LABEL_CONVENTIONS, ORGANS, organ_lookup_table
-
-logger = logging.getLogger(__name__)
 
 
 def writable_output_dir(output_dir: str | Path) -> Path:
@@ -50,8 +47,6 @@ AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's and MONAI's mean
 def load_scan_grid(image: str | Path, label: str | Path, convention: str) -> tuple[MetaTensor, MetaTensor]:
     """The CT [1, H, W, D] in HU as stored, and its label map in this project's organ ids on the CT's own voxel
     grid (reoriented if the two files store their axes in different orders), both with the CT's affine."""
-    if convention not in LABEL_CONVENTIONS:
-        raise ValueError(f"unknown label_convention {convention!r}; known: {', '.join(LABEL_CONVENTIONS)}")
     load = LoadImage(image_only=True, ensure_channel_first=True)
     ct, seg = load(image), load(label)
     axcodes = "".join(nib.orientations.aff2axcodes(ct.affine.numpy(), labels=AXIS_LABELS))
@@ -104,10 +99,12 @@ def infer(
         hu_window: the CT window of the picture.
     """
     symptoms = read_symptoms(symptom, queries_file, reasoner)
-    output_dir = writable_output_dir(output_dir)
     for name, path in (("image", image), ("label", label)):
         if path is None or not Path(path).exists():
             raise FileNotFoundError(f"{name} {path} does not exist")
+    if label_convention not in LABEL_CONVENTIONS:
+        raise ValueError(f"unknown label_convention {label_convention!r}; known: {', '.join(LABEL_CONVENTIONS)}")
+    output_dir = writable_output_dir(output_dir)
     scan = {"image": str(image), "label": str(label), "convention": label_convention}
     organs = feature_cache(scan)
     probabilities = reasoner.probabilities(symptoms, organs)

@@ -105,6 +105,20 @@ def test_training_saves_weights_and_a_resumable_checkpoint(trained):
     assert not list(models.glob(".*tmp*"))
 
 
+def test_alignment_alone_trains_w_align_on_the_frozen_image_model(trained, phantom_dir, tmp_path):
+    run_dir, _ = trained
+    pretrained = torch.load(run_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
+    command = bundle_command(
+        "training", [TRAIN], tmp_path, phantom_dir, num_epochs=2, train_image_model=False,
+        pretrained_model_path=run_dir / "models" / "model.pt",
+    )  # fmt: skip
+    run_bundle(*command)
+    aligned = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    image_keys = [key for key in pretrained if key.startswith("image.")]
+    assert image_keys and all(torch.equal(aligned[key], pretrained[key]) for key in image_keys)
+    assert not torch.equal(aligned["align.weight"], pretrained["align.weight"])
+
+
 def test_evaluate_config_scores_the_best_weights(trained, phantom_dir):
     run_dir, _ = trained
     configs = [TRAIN, "bundle/configs/evaluate.yaml"]

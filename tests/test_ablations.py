@@ -1,4 +1,4 @@
-"""bundle/scripts/ablations.py: the table builder alone, then the script as users run it on tiny settings."""
+"""The ablation script (ablations.py, ablation_report.py): the table alone, then runs on tiny settings."""
 
 from __future__ import annotations
 
@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from scripts.ablation_report import ablation_report, ablation_table, variant_row
 from scripts.ablations import (
     VARIANTS,
-    ablation_report,
-    ablation_table,
     bundle_command,
     main,
     parse_overrides,
     parse_variants,
     shared_settings,
-    variant_row,
 )
 
 SCRIPT = REPO / "bundle" / "scripts" / "ablations.py"

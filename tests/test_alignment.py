@@ -201,3 +201,13 @@ def test_failed_probability_fit_marks_the_weights_unfit_for_scoring(caplog):
     assert "organ probabilities not fitted" in caplog.text
     with pytest.raises(ValueError, match="never fitted"):
         SymptomOrganReasoner(net, TEXT_MODEL)
+
+
+def test_one_switch_trains_without_out_of_domain_texts():
+    from conftest import bundle_parser
+
+    parser = bundle_parser(ood_texts_per_step=0)
+    assert len(parser.get_parsed_content("text_bank").other_features) == 0
+    assert parser.get_parsed_content("train#prepare_batch").other_texts == 0
+    assert parser.get_parsed_content("validate#prepare_batch").other_texts == 0
+    assert bundle_parser().get_parsed_content("train#prepare_batch").other_texts == 32

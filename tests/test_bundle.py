@@ -28,6 +28,7 @@ SMALL = {  # a small network and few phantoms: the wiring is under test here, no
     "image_size": "[32,32,8]",
     "hidden_size": 32,
     "mlp_dim": 64,
+    "mlp_dim_3d": 64,
     "num_layers_2d": 1,
     "num_layers_3d": 1,
     "num_heads": 2,

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from text_pipeline.anchors import torch_threads
+from text_pipeline.encoders import TextEncoder, make_encoder
 from text_pipeline.files import write_atomically
 from text_pipeline.organs import ORGANS
 
@@ -184,6 +185,20 @@ def save_text_model(path: str | Path, model: TextMLP, *, extra: Mapping[str, Any
         "state_dict": {key: value.detach().cpu().clone() for key, value in model.state_dict().items()},
     }
     return write_atomically(path, lambda tmp: torch.save(content, tmp))
+
+
+def load_text_model_and_encoder(path: str | Path, cache_dir: str | Path | None = None) -> tuple[TextMLP, TextEncoder]:
+    """A text MLP saved by :func:`save_text_model` and the encoder it was trained on (``extra["encoder"]``),
+    optionally caching embeddings in ``cache_dir``.
+
+    Raises:
+        ValueError: the model does not record its encoder (see also :func:`load_text_model`).
+    """
+    model = load_text_model(path)
+    spec = model.extra.get("encoder")
+    if not spec:
+        raise ValueError(f"text model {path} does not record the encoder it was trained with")
+    return model, make_encoder(spec, cache_dir=cache_dir)
 
 
 def load_text_model(path: str | Path) -> TextMLP:

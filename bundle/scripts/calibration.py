@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from sklearn.linear_model import LogisticRegression
-from torch.nn import functional as F
 
 from scripts.networks import MedSORANet
+from scripts.reasoning import OrganFeatureAccumulator
 from scripts.text_bank import OrganTextBank
 from text_pipeline.organs import ORGANS
 
@@ -59,8 +59,7 @@ class FitOrganProbability:
 
     def __init__(self, network: torch.nn.Module, bank: OrganTextBank) -> None:
         self.network, self.bank = network, bank
-        self._sums: torch.Tensor | None = None
-        self._counts = torch.zeros(len(ORGANS), dtype=torch.long)
+        self._organs = OrganFeatureAccumulator()
 
     @property
     def _model(self) -> MedSORANet:
@@ -72,30 +71,21 @@ class FitOrganProbability:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._fit)
 
     def _reset(self, engine: Engine) -> None:
-        self._sums, self._counts = None, torch.zeros(len(ORGANS), dtype=torch.long)
+        self._organs = OrganFeatureAccumulator()
 
     def _collect(self, engine: Engine) -> None:
-        output = engine.state.output
-        per_sample = F.normalize(output["pred"]["slice_features"].detach(), dim=-1).mean(dim=1).float().cpu()
-        organs = output["label"].reshape(-1).long().cpu()
-        if self._sums is None:
-            self._sums = torch.zeros(len(ORGANS), per_sample.shape[1])
-        self._sums.index_add_(0, organs, per_sample)
-        self._counts += torch.bincount(organs, minlength=len(ORGANS))
+        self._organs.add(engine.state.output["pred"]["slice_features"], engine.state.output["label"])
 
     @torch.no_grad()
     def _fit(self, engine: Engine) -> None:
-        present = self._counts > 0
-        if self._sums is None or not present.any():
-            raise RuntimeError("no validation output to fit the organ probabilities on")
+        organs = self._organs.result()
         model = self._model
-        organ_features = F.normalize(self._sums[present], dim=-1)
-        weight = model.align.weight.detach().float().cpu()
         texts = torch.cat([self.bank.all_features, self.bank.other_features])
         labels = torch.cat([self.bank.organ_labels, torch.zeros(len(self.bank.other_features), len(ORGANS))])
-        evidence = (texts @ weight.T) @ organ_features.T
+        projected = model.project_texts(texts.to(model.align.weight.device)).float().cpu()
+        evidence = projected @ organs.features[organs.present].T
         try:
-            scale, bias = fit_organ_probability(evidence.numpy(), labels[:, present].numpy())
+            scale, bias = fit_organ_probability(evidence.numpy(), labels[:, organs.present].numpy())
         except ValueError as error:
             model.probability_fitted.fill_(False)
             logger.warning(

@@ -28,10 +28,9 @@ from torch.nn import functional as F
 
 from scripts.data import organ_samples
 from scripts.networks import MedSORANet
-from text_pipeline.encoders import make_encoder
 from text_pipeline.files import write_torch_atomically
 from text_pipeline.organs import ORGANS
-from text_pipeline.text_model import load_text_model
+from text_pipeline.text_model import load_text_model_and_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +87,32 @@ class OrganFeatures:
         return [organ for organ, present in zip(ORGANS, self.present.tolist()) if not present]
 
 
+class OrganFeatureAccumulator:
+    """Step 2 of the inference rule, fed batch by batch: per organ, the sum of its samples' mean unit slice
+    features; :meth:`result` scales each sum to unit length."""
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None
+        self.counts = torch.zeros(len(ORGANS), dtype=torch.long)
+
+    @torch.no_grad()
+    def add(self, slice_features: torch.Tensor, organs: torch.Tensor) -> None:
+        """Add samples: their per-slice features [B, D, d_img] and organ indices [B]."""
+        per_sample = F.normalize(slice_features.detach().float(), dim=-1).mean(dim=1).cpu()
+        organs = organs.reshape(-1).long().cpu()
+        if self.sums is None:
+            self.sums = torch.zeros(len(ORGANS), per_sample.shape[1])
+        self.sums.index_add_(0, organs, per_sample)
+        self.counts += torch.bincount(organs, minlength=len(ORGANS))
+
+    def result(self) -> OrganFeatures:
+        if self.sums is None:
+            raise ValueError("no organ samples to compute image features from")
+        features = F.normalize(self.sums, dim=-1)
+        features[self.counts == 0] = float("nan")
+        return OrganFeatures(features, self.counts.clone())
+
+
 @torch.no_grad()
 def organ_image_features(
     network: MedSORANet, samples: Sequence[dict], device: torch.device | str = "cpu", batch_size: int = 16
@@ -100,22 +125,13 @@ def organ_image_features(
         device: where the network runs.
         batch_size: samples per forward pass.
     """
-    if not samples:
-        raise ValueError("no organ samples to compute image features from")
     network.eval()
-    sums = torch.zeros(len(ORGANS), network.feature_size)
-    counts = torch.zeros(len(ORGANS), dtype=torch.long)
+    accumulator = OrganFeatureAccumulator()
     for start in range(0, len(samples), batch_size):
         batch = samples[start : start + batch_size]
         images = torch.stack([torch.as_tensor(sample["image"]) for sample in batch]).to(device)
-        slices = network.image.organ_features(images)
-        per_sample = F.normalize(slices, dim=-1).mean(dim=1).cpu()
-        organs = torch.tensor([int(sample["label"]) for sample in batch])
-        sums.index_add_(0, organs, per_sample)
-        counts += torch.bincount(organs, minlength=len(ORGANS))
-    features = F.normalize(sums, dim=-1)
-    features[counts == 0] = float("nan")
-    return OrganFeatures(features, counts)
+        accumulator.add(network.image.organ_features(images), torch.tensor([int(sample["label"]) for sample in batch]))
+    return accumulator.result()
 
 
 class SymptomOrganReasoner:
@@ -146,11 +162,7 @@ class SymptomOrganReasoner:
             )
         self.network = network.eval()
         self.device = torch.device(device)
-        self.text_model = load_text_model(text_model_path)
-        encoder_spec = self.text_model.extra.get("encoder")
-        if not encoder_spec:
-            raise ValueError(f"text model {text_model_path} does not record the encoder it was trained with")
-        self.encoder = make_encoder(encoder_spec, cache_dir=encoder_cache_dir)
+        self.text_model, self.encoder = load_text_model_and_encoder(text_model_path, encoder_cache_dir)
         self.max_symptom_words = max_symptom_words
 
     def check(self, symptoms: Iterable[object], where: Callable[[int], str] | None = None) -> list[str]:

@@ -10,9 +10,8 @@ import torch
 from monai.engines import PrepareBatch, default_prepare_batch
 
 from text_pipeline.corpus import read_corpus, read_queries
-from text_pipeline.encoders import make_encoder
 from text_pipeline.organs import ORGANS, organ_index
-from text_pipeline.text_model import TextMLP, load_text_model
+from text_pipeline.text_model import load_text_model_and_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +43,8 @@ class OrganTextBank:
         cache_dir: str | Path | None = None,
         out_of_domain_file: str | Path | None = None,
     ):
-        self.text_model: TextMLP = load_text_model(text_model_path)
-        self.encoder_spec = self.text_model.extra.get("encoder")
-        if not self.encoder_spec:
-            raise ValueError(f"text model {text_model_path} does not record the encoder it was trained with")
+        self.text_model, encoder = load_text_model_and_encoder(text_model_path, cache_dir)
         queries = read_corpus(split)
-        encoder = make_encoder(self.encoder_spec, cache_dir=cache_dir)
         f_bar = self._f_bar(encoder, [query.text for query in queries])
         organs = torch.tensor([organ_index(query.meta["organ"]) for query in queries])
         self.all_features = f_bar

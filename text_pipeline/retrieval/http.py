@@ -247,33 +247,9 @@ def _identity(body: str) -> str:
     return body
 
 
-def fetch(
-    client: httpx.Client,
-    url: str,
-    params: Params | None = None,
-    *,
-    cache: ResponseCache | None = None,
-    limiter: RateLimiter | None = None,
-    max_retries: int = 5,
-    backoff: float = 0.5,
-    timeout: float = DEFAULT_TIMEOUT,
-    headers: Mapping[str, str] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> str:
-    """GET ``url`` and return its body, retrying transient failures; see :func:`fetch_parsed`."""
-    return fetch_parsed(
-        client,
-        url,
-        params,
-        _identity,
-        cache=cache,
-        limiter=limiter,
-        max_retries=max_retries,
-        backoff=backoff,
-        timeout=timeout,
-        headers=headers,
-        sleep=sleep,
-    )
+def fetch(client: httpx.Client, url: str, params: Params | None = None, **options: Any) -> str:
+    """GET ``url`` and return its body, retrying transient failures; ``options`` are :func:`fetch_parsed`'s."""
+    return fetch_parsed(client, url, params, _identity, **options)
 
 
 def fetch_parsed(

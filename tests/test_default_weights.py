@@ -42,3 +42,25 @@ def test_text_artifacts_record_their_encoder_and_labels():
         assert model.config["hidden_dim"] == bundle_parser()["text_feature_size"]
     manifest = json.loads((BUNDLE / "models" / "text" / "manifest.json").read_text())
     assert manifest["settings"]["encoder"] == "minilm" and manifest["corpus"]["train"] > 1000
+
+
+def test_the_shipped_image_network_names_every_organ_of_real_scans_it_never_saw(shared_ct):
+    """Regression on real CT: patient_a (NIfTI, all 7 organs) and patient_b (DICOM, 5 organs), never trained on."""
+    from scripts.data import organ_samples
+
+    parser = bundle_parser()
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
+    preprocessing = parser.get_parsed_content("preprocessing")
+    for name, image, expected in (("patient_a", "ct.nii.gz", 7), ("patient_b", "dicom", 5)):
+        scan = {
+            "image": str(shared_ct / name / image),
+            "label": str(shared_ct / name / "seg_totalseg.nii.gz"),
+            "convention": "totalseg_total",
+        }
+        samples = organ_samples([scan], preprocessing)
+        with torch.no_grad():
+            named = network.eval().image(torch.stack([sample["image"] for sample in samples])).argmax(dim=1)
+        truth = [int(sample["label"]) for sample in samples]
+        assert len(truth) == expected
+        assert named.tolist() == truth, f"{name}: organs {truth} named {named.tolist()}"

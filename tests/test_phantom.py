@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 from scripts import phantom as phantom_module
+from scripts import phantom_anatomy as A
 from scripts.phantom import (
     BTCV_LABELS,
     CASE_SEED_STRIDE,
@@ -46,16 +47,18 @@ MEAN_HU = {
     "aorta": (150, 200),
     "inferior_vena_cava": (150, 200),
 }
+# The published adult ranges the generator draws from (sources in scripts.phantom_anatomy; the anatomy
+# itself is tested in test_phantom_anatomy.py).
 VOLUME_ML = {
-    "liver": (1200, 2000),
-    "spleen": (120, 300),
-    "right_kidney": (110, 200),
-    "left_kidney": (110, 200),
-    "pancreas": (50, 100),
-    "gallbladder": (20, 60),
-    "right_adrenal_gland": (3, 10),
-    "left_adrenal_gland": (3, 10),
-    "stomach": (150, 500),
+    "liver": A.LIVER_ML,
+    "spleen": A.SPLEEN_ML,
+    "right_kidney": A.KIDNEY_ML,
+    "left_kidney": A.KIDNEY_ML,
+    "pancreas": A.PANCREAS_ML,
+    "gallbladder": A.GALLBLADDER_ML,
+    "right_adrenal_gland": A.ADRENAL_ML,
+    "left_adrenal_gland": A.ADRENAL_ML,
+    "stomach": A.STOMACH_ML,
 }
 SMALL = dict(num_cases=2, shape=(88, 72, 48), spacing=(3.2, 3.0, 5.5))  # quicker cases for the writer tests
 
@@ -234,6 +237,7 @@ def test_write_round_trip_and_manifest(tmp_path):
         {
             "image": str(root / "imagesTr" / f"phantom_{i:04d}.nii.gz"),
             "label": str(root / "labelsTr" / f"phantom_{i:04d}.nii.gz"),
+            "tissue": str(root / "tissuesTr" / f"phantom_{i:04d}.nii.gz"),
             "convention": "btcv",
         }
         for i in range(2)
@@ -245,7 +249,11 @@ def test_write_round_trip_and_manifest(tmp_path):
     assert manifest["training"] == entries
     for i, entry in enumerate(entries):
         expected = generate_phantom(3 * CASE_SEED_STRIDE + i, SMALL["shape"], SMALL["spacing"])
-        for key, dtype, array in (("image", np.int16, expected.image), ("label", np.uint8, expected.label)):
+        for key, dtype, array in (
+            ("image", np.int16, expected.image),
+            ("label", np.uint8, expected.label),
+            ("tissue", np.uint8, expected.tissue),
+        ):
             img = nib.load(entry[key])
             assert img.get_data_dtype() == dtype
             np.testing.assert_array_equal(np.asanyarray(img.dataobj), array)
@@ -254,7 +262,8 @@ def test_write_round_trip_and_manifest(tmp_path):
             assert img.header.get_xyzt_units()[0] == "mm"
             assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
     assert sorted(_files(root)) == sorted(
-        ["phantom.json"] + [f"{d}/phantom_{i:04d}.nii.gz" for d in ("imagesTr", "labelsTr") for i in range(2)]
+        ["phantom.json"]
+        + [f"{d}/phantom_{i:04d}.nii.gz" for d in ("imagesTr", "labelsTr", "tissuesTr") for i in range(2)]
     )
 
 
@@ -275,7 +284,12 @@ def test_write_is_idempotent_and_regenerates_on_change(tmp_path):
 
     fewer = write_phantom_dataset(out, seed=1, num_cases=1, shape=SMALL["shape"], spacing=SMALL["spacing"])
     assert len(fewer) == 1
-    assert sorted(_files(out)) == ["imagesTr/phantom_0000.nii.gz", "labelsTr/phantom_0000.nii.gz", "phantom.json"]
+    assert sorted(_files(out)) == [
+        "imagesTr/phantom_0000.nii.gz",
+        "labelsTr/phantom_0000.nii.gz",
+        "phantom.json",
+        "tissuesTr/phantom_0000.nii.gz",
+    ]
 
     write_phantom_dataset(out, seed=1, num_cases=1, shape=SMALL["shape"], spacing=(3.2, 3.0, 6.0))
     assert nib.load(out / "imagesTr" / "phantom_0000.nii.gz").header.get_zooms() == pytest.approx((3.2, 3.0, 6.0))

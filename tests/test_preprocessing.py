@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 
-import pytest
 import torch
 from scripts.data import organ_samples
-from scripts.transforms import ResizeSlicesd, SampleAxialSlicesd
 
 from text_pipeline.organs import ORGANS, organ_index
 
@@ -20,9 +18,9 @@ def scan(shared_ct, name: str) -> dict:
 
 
 def median_hu(sample: dict) -> float:
-    """Median HU inside the organ, undoing the window: background is 0 after masking."""
+    """Median HU inside the organ (where the position channels are not 0), undoing the window."""
     image = sample["image"]
-    inside = image[image > 0]
+    inside = image[0][image[1] != 0]
     return float(inside.median()) * (HU_WINDOW[1] - HU_WINDOW[0]) + HU_WINDOW[0]
 
 
@@ -30,12 +28,12 @@ def test_patient_a_nifti_gives_one_sample_per_organ(shared_ct, preprocessing):
     samples = preprocessing(scan(shared_ct, "patient_a"))
     assert [int(s["label"]) for s in samples] == list(range(len(ORGANS)))
     for sample in samples:
-        assert tuple(sample["image"].shape) == (1, 64, 64, 16)
+        assert tuple(sample["image"].shape) == (3, 64, 64, 16)
         assert sample["image"].dtype == torch.float32
-        assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
+        assert 0.0 <= float(sample["image"][0].min()) and float(sample["image"][0].max()) <= 1.0
         assert "mask" not in sample and sample["scan"].endswith("patient_a/ct.nii.gz")
-        # masked: the organ fills part of its bounding box, the rest is the window's floor
-        assert 0.01 < float((sample["image"] > 0).float().mean()) < 0.9
+        # masked: the organ fills part of its fixed window, the rest is 0
+        assert 0.0001 < float((sample["image"][1] != 0).float().mean()) < 0.5
     liver = samples[organ_index("liver")]
     assert 20 < median_hu(liver) < 80  # the fixture README measured about 44 HU
 
@@ -58,26 +56,4 @@ def test_organ_samples_flattens_scans_into_scan_organ_pairs(shared_ct, preproces
     assert len(samples) == 7 + 5
     assert {s["scan"].split("/")[-2] for s in samples[:7]} == {"patient_a"}
     batch = torch.utils.data.default_collate([{"image": s["image"], "label": s["label"]} for s in samples])
-    assert tuple(batch["image"].shape) == (12, 1, 64, 64, 16) and tuple(batch["label"].shape) == (12,)
-
-
-def test_sample_axial_slices_spreads_evenly_over_the_organ():
-    depth = torch.arange(10.0).reshape(1, 1, 1, 10).expand(1, 2, 2, 10)
-    sampled = SampleAxialSlicesd(keys="image", num_slices=4)({"image": depth})["image"]
-    assert sampled[0, 0, 0].tolist() == [0.0, 3.0, 6.0, 9.0]
-    repeated = SampleAxialSlicesd(keys="image", num_slices=5)({"image": depth[..., :2]})["image"]
-    assert repeated[0, 0, 0].tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]  # fewer slices than D: some repeat
-    with pytest.raises(ValueError, match="num_slices"):
-        SampleAxialSlicesd(keys="image", num_slices=0)
-
-
-def test_resize_slices_keeps_aspect_ratio_and_pads():
-    stack = torch.ones(1, 40, 20, 3)
-    resized = ResizeSlicesd(keys="image", spatial_size=(64, 64))({"image": stack})["image"]
-    assert tuple(resized.shape) == (1, 64, 64, 3)
-    occupied = (resized[0, :, :, 0] > 0.5).nonzero()
-    assert occupied[:, 0].min() == 0 and occupied[:, 0].max() == 63  # the long side fills H
-    assert occupied[:, 1].min() == 16 and occupied[:, 1].max() == 47  # the short side, 32 wide, is centred
-    assert torch.equal(resized[..., 0], resized[..., 2])
-    with pytest.raises(ValueError, match="spatial_size"):
-        ResizeSlicesd(keys="image", spatial_size=(64,))
+    assert tuple(batch["image"].shape) == (12, 3, 64, 64, 16) and tuple(batch["label"].shape) == (12,)

@@ -137,3 +137,101 @@ def evaluate_scores(scores: Any, queries: Sequence[Any]) -> dict[str, float | in
         result["n_out_of_domain"] = int(is_ood.sum())
     result["n_queries"] = len(queries)
     return result
+
+
+EXCLUDED_REASON = "none of the query's organs is among organs_evaluated (absent from every evaluation scan)"
+
+
+def ranking_target(query: Any, organs_evaluated: Sequence[str]) -> str | None:
+    """The organ a query's Rank-k counts when only ``organs_evaluated`` can be ranked.
+
+    Its primary organ when that is evaluated; otherwise the first of its organs (listed primary first, in the
+    order a clinician would consider them) that is; None for an out-of-domain query and for one none of
+    whose organs is evaluated (it cannot be ranked).
+    """
+    organs = tuple(_field(query, "organs", ()))
+    if not organs:
+        return None
+    primary = _field(query, "primary") or organs[0]
+    candidates = [primary, *(organ for organ in organs if organ != primary)]
+    return next((organ for organ in candidates if organ in organs_evaluated), None)
+
+
+def evaluate_scores_on_organs(scores: Any, queries: Sequence[Any], organs_evaluated: Sequence[str]) -> dict[str, Any]:
+    """The metrics of :func:`evaluate_scores` when only some organs can be scored (scans lacking organs).
+
+    The rule, for a set of scans in which some of the 7 organs are absent (no image features, no score):
+
+    - only the columns of ``organs_evaluated`` are read; the others may be NaN;
+    - an in-domain query whose organs are all absent cannot be ranked: it is excluded from Rank-k, mAP and
+      OOD AUROC, and counted in ``n_excluded`` (reason in ``excluded_reason``);
+    - every other in-domain query is ranked among the evaluated organs, against its primary organ, or, when
+      that is absent, the first of its organs that is present (:func:`ranking_target`; counted in
+      ``n_primary_absent``); its mAP labels are its organs that are present;
+    - Rank-k for k above the number of evaluated organs is undefined (``None``): every organ would be a hit;
+    - out-of-domain queries (no organs) all stay: OOD AUROC separates them from the ranked in-domain queries by
+      the top score over the evaluated organs.
+
+    With every organ evaluated the values equal :func:`evaluate_scores`.
+
+    Args:
+        scores: organ scores, [Q, len(ORGANS)], in the order of ``queries``.
+        queries: as for :func:`evaluate_scores`.
+        organs_evaluated: the organs that have scores (at least one).
+
+    Returns:
+        ``rank1``, ``rank2``, ``rank3``, ``mAP`` over the ranked queries, ``ood_auroc`` and ``n_out_of_domain``
+        when there are out-of-domain queries, ``n_queries`` (all), ``n_ranked``, ``n_excluded``,
+        ``excluded_reason``, ``n_primary_absent``, ``organs_evaluated`` and ``organs_absent`` (ORGANS order).
+
+    Raises:
+        ValueError: no organ evaluated, an unknown organ, scores of the wrong shape or not finite where
+            evaluated, every query out of domain, or no in-domain query left to rank.
+    """
+    unknown = [organ for organ in organs_evaluated if organ not in ORGANS]
+    if unknown:
+        raise ValueError(f"unknown organ(s) {', '.join(map(repr, unknown))}; known organs: {', '.join(ORGANS)}")
+    evaluated = [organ for organ in ORGANS if organ in organs_evaluated]
+    if not evaluated:
+        raise ValueError("no organ to evaluate: the scans contain none of the organs")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape != (len(queries), len(ORGANS)):
+        raise ValueError(f"scores of shape {scores.shape} for {len(queries)} queries and {len(ORGANS)} organs")
+    columns = [organ_index(organ) for organ in evaluated]
+    present_scores = _scores_matrix(scores[:, columns])
+    organs = [tuple(_field(query, "organs", ())) for query in queries]
+    is_ood = np.array([not query_organs for query_organs in organs])
+    if is_ood.all():
+        raise ValueError("every query is out of domain: Rank-k and mAP need in-domain queries")
+    targets = [ranking_target(query, evaluated) for query in queries]
+    ranked = [i for i in np.flatnonzero(~is_ood) if targets[i] is not None]
+    excluded = int((~is_ood).sum()) - len(ranked)
+    if not ranked:
+        raise ValueError(
+            f"none of the {int((~is_ood).sum())} in-domain queries names an organ present in the scans "
+            f"({', '.join(evaluated)}): Rank-k and mAP cannot be computed"
+        )
+    primary = np.array([evaluated.index(targets[i]) for i in ranked])
+    multi_hot = np.zeros((len(ranked), len(evaluated)), dtype=bool)
+    for row, i in enumerate(ranked):
+        multi_hot[row, [evaluated.index(name) for name in organs[i] if name in evaluated]] = True
+    ranked_scores = present_scores[ranked]
+    result: dict[str, Any] = {
+        f"rank{k}": rank_k_accuracy(ranked_scores, primary, k) if k <= len(evaluated) else None for k in (1, 2, 3)
+    }
+    result["mAP"] = mean_average_precision(ranked_scores, multi_hot)
+    if is_ood.any():
+        kept = np.array(sorted([*ranked, *np.flatnonzero(is_ood)]))
+        result["ood_auroc"] = ood_auroc(present_scores[kept], is_ood[kept])
+        result["n_out_of_domain"] = int(is_ood.sum())
+    primary_absent = sum(1 for i in ranked if (_field(queries[i], "primary") or organs[i][0]) != targets[i])
+    result.update(
+        n_queries=len(queries),
+        n_ranked=len(ranked),
+        n_excluded=excluded,
+        excluded_reason=EXCLUDED_REASON,
+        n_primary_absent=primary_absent,
+        organs_evaluated=evaluated,
+        organs_absent=[organ for organ in ORGANS if organ not in evaluated],
+    )
+    return result

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ignite import distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar as IgniteProgressBar
 
@@ -48,35 +49,113 @@ class AlignmentLogits:
 
 
 def organ_accuracy_table(metrics: Mapping[str, object], organs: Sequence[str] = ORGANS) -> str:
-    """A plain-text table of per-organ validation accuracy from an evaluator's metrics."""
+    """A plain-text table of per-organ validation accuracy from an evaluator's metrics (``-``: no samples)."""
     rows = [f"{'organ':<15}{'accuracy':>10}{'samples':>9}"]
     for organ in organs:
-        rows.append(f"{organ:<15}{metrics[f'acc_{organ}']:>10.3f}{int(metrics[f'n_{organ}']):>9d}")
+        count = int(metrics[f"n_{organ}"])
+        accuracy = f"{metrics[f'acc_{organ}']:>10.3f}" if count else f"{'-':>10}"
+        rows.append(f"{organ:<15}{accuracy}{count:>9d}")
     rows.append(f"{'all':<15}{metrics['accuracy']:>10.3f}{int(sum(metrics[f'n_{o}'] for o in organs)):>9d}")
     return "\n".join(rows)
 
 
+def scan_accuracy_table(per_scan: Mapping[str, Mapping[str, Any]], organs: Sequence[str] = ORGANS) -> str:
+    """A plain-text table of per-scan, per-organ accuracy (``per_scan`` of ``validation_metrics.json``): one row
+    per scan, ``-`` where the scan has no such organ."""
+    width = max(len(organ) for organ in organs) + 1
+    rows = ["".join(f"{organ:>{width}}" for organ in organs) + f"{'all':>{width}}  scan"]
+    for scan, entry in per_scan.items():
+        cells = [
+            f"{entry['organs'][organ]['accuracy']:>{width}.3f}" if organ in entry["organs"] else f"{'-':>{width}}"
+            for organ in organs
+        ]
+        rows.append("".join(cells) + f"{entry['accuracy']:>{width}.3f}  {scan}")
+    return "\n".join(rows)
+
+
 class OrganValidationReport:
-    """After each validation: per-organ accuracy, a confusion-matrix PNG and a JSON summary.
+    """After each validation: per-organ accuracy, overall and per scan, a confusion-matrix PNG and a JSON summary.
 
     Reads an Ignite ``ConfusionMatrix`` metric (rows: true organ, columns: predicted organ; synchronised
     across DDP ranks by Ignite), adds ``acc_<organ>``, ``n_<organ>`` and ``accuracy`` to the engine's
-    metrics (so Stats and TensorBoard handlers attached after it log them) and writes
-    ``output_dir/confusion_matrix.png`` and ``output_dir/validation_metrics.json``.
+    metrics (so Stats and TensorBoard handlers attached after it log them; ``acc_<organ>`` is 0.0 where
+    ``n_<organ>`` is 0) and writes ``output_dir/confusion_matrix.png`` and ``output_dir/validation_metrics.json``.
+
+    Per scan: every iteration, the image head's prediction for each sample is recorded under the sample's
+    scan (its ``scan_key``, the CT's file name set by ``SplitOrgansd``) and organ. ``validation_metrics.json``
+    then holds, besides ``epoch``, ``organs``, ``confusion_matrix`` and the engine's metrics, ``per_scan``:
+    ``{scan: {"accuracy", "n", "organs": {organ: {"accuracy", "n", "predicted": {organ: count}}}}}``, scans
+    sorted by name. A scan lacking an organ has no entry for it (not an accuracy of 0). In a multi-process
+    (DDP) validation each process sees only its share of the samples, so ``per_scan`` is left out there (with
+    a logged note); the overall values, gathered by Ignite, are complete.
 
     Args:
         output_dir: folder for the PNG and the JSON.
         confusion_metric: name of the ``ConfusionMatrix`` metric on the engine.
         organs: class names, in class-index order.
+        scan_key: key of the batch holding each sample's scan name.
     """
 
-    def __init__(self, output_dir: str | Path, confusion_metric: str = "confusion", organs: Sequence[str] = ORGANS):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        confusion_metric: str = "confusion",
+        organs: Sequence[str] = ORGANS,
+        scan_key: str = "scan",
+    ):
         self.output_dir = Path(output_dir)
         self.confusion_metric = confusion_metric
         self.organs = tuple(organs)
+        self.scan_key = scan_key
+        self._records: dict[str, np.ndarray] = {}  # scan -> [true organ, predicted organ] counts
+        self._scan_names_missing = False
+        self.per_scan: dict[str, dict] | None = None  # the last validation's per-scan report
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self._records = {}
+        self._scan_names_missing = False
+
+    def _record(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        scans = batch.get(self.scan_key) if isinstance(batch, Mapping) else None
+        if scans is None:
+            self._scan_names_missing = True
+            return
+        logits, labels = ImageLogits()(engine.state.output)
+        predicted = logits.detach().argmax(dim=-1).reshape(-1).cpu().tolist()
+        labels = labels.detach().cpu().tolist()
+        scans = [scans] if isinstance(scans, str) else list(scans)
+        if not len(scans) == len(labels) == len(predicted):
+            raise ValueError(
+                f"batch key {self.scan_key!r} names {len(scans)} scans for {len(labels)} samples: "
+                "each sample must carry its scan's name"
+            )
+        size = len(self.organs)
+        for scan, true, guess in zip(scans, labels, predicted):
+            self._records.setdefault(str(scan), np.zeros((size, size), dtype=np.int64))[true, guess] += 1
+
+    def _per_scan_report(self) -> dict[str, dict]:
+        report = {}
+        for scan in sorted(self._records):
+            confusion = self._records[scan]
+            organs = {}
+            for index, organ in enumerate(self.organs):
+                count = int(confusion[index].sum())
+                if not count:
+                    continue  # the scan has no such organ: no entry, not an accuracy of 0
+                predicted = {self.organs[j]: int(n) for j, n in enumerate(confusion[index]) if n}
+                organs[organ] = {"accuracy": float(confusion[index, index] / count), "n": count, "predicted": predicted}
+            report[scan] = {
+                "accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
+                "n": int(confusion.sum()),
+                "organs": organs,
+            }
+        return report
 
     def __call__(self, engine: Engine) -> None:
         # popped: Stats and TensorBoard handlers log scalars; the matrix goes to the PNG and the JSON instead
@@ -89,6 +168,14 @@ class OrganValidationReport:
             engine.state.metrics[f"n_{organ}"] = int(counts[index])
         engine.state.metrics["accuracy"] = float(np.trace(confusion) / max(confusion.sum(), 1))
         epoch = engine.state.epoch if engine.state.epoch is not None else 0
+        per_scan: dict[str, dict] = {}
+        if idist.get_world_size() > 1:
+            logger.info("per-scan accuracy left out of validation_metrics.json: each process validates a share")
+        elif self._scan_names_missing:
+            logger.warning("per-scan accuracy left out: the validation batches carry no %r key", self.scan_key)
+        else:
+            per_scan = self._per_scan_report()
+        self.per_scan = per_scan or None
         write_json_atomically(
             self.output_dir / "validation_metrics.json",
             {
@@ -96,10 +183,13 @@ class OrganValidationReport:
                 "organs": list(self.organs),
                 "confusion_matrix": confusion.astype(int).tolist(),
                 **engine.state.metrics,
+                **({"per_scan": per_scan} if per_scan else {}),
             },
         )
         write_atomically(self.output_dir / "confusion_matrix.png", lambda tmp: self._plot(confusion, tmp))
         logger.info("per-organ validation accuracy:\n%s", organ_accuracy_table(engine.state.metrics, self.organs))
+        if per_scan:
+            logger.debug("per-scan validation accuracy:\n%s", scan_accuracy_table(per_scan, self.organs))
 
     def _plot(self, confusion: np.ndarray, path: Path) -> None:
         import matplotlib
@@ -124,11 +214,24 @@ class OrganValidationReport:
         plt.close(figure)
 
 
-def print_organ_accuracy(metrics: Mapping[str, object], title: str = "per-organ validation results") -> None:
-    """Print :func:`organ_accuracy_table` of an evaluator's final metrics: the last line of a training run."""
+def print_organ_accuracy(
+    metrics: Mapping[str, object],
+    title: str = "per-organ validation results",
+    report: OrganValidationReport | None = None,
+) -> None:
+    """Print :func:`organ_accuracy_table` of an evaluator's final metrics: the last line of a training run.
+
+    Args:
+        metrics: the evaluator's final metrics.
+        title: printed above the table.
+        report: the validation's :class:`OrganValidationReport`; when given, its per-scan table follows.
+    """
     if "accuracy" not in metrics:
         raise RuntimeError("no validation ran: the evaluator has no per-organ metrics to print")
-    print(f"\n{title}\n{organ_accuracy_table(metrics)}", flush=True)
+    text = f"\n{title}\n{organ_accuracy_table(metrics)}"
+    if report is not None and report.per_scan:
+        text += f"\n\nper scan (-: organ not in the scan)\n{scan_accuracy_table(report.per_scan)}"
+    print(text, flush=True)
 
 
 class ProgressBar(IgniteProgressBar):

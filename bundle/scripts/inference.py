@@ -14,6 +14,7 @@ from monai.transforms import LoadImage, Orientation
 
 from scripts.reasoning import OrganFeatureCache, SymptomOrganReasoner, ranked
 from scripts.rendering import probability_map, render_probability_views, write_probability_map
+from scripts.scan_io import check_finite_voxels, check_scan_path
 from text_pipeline.corpus import read_query_sources
 from text_pipeline.files import write_json_atomically
 from text_pipeline.organs import LABEL_CONVENTIONS, ORGANS, organ_lookup_table
@@ -46,9 +47,15 @@ AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's and MONAI's mean
 
 def load_scan_grid(image: str | Path, label: str | Path, convention: str) -> tuple[MetaTensor, MetaTensor]:
     """The CT [1, H, W, D] in HU as stored, and its label map in this project's organ ids on the CT's own voxel
-    grid (reoriented if the two files store their axes in different orders), both with the CT's affine."""
+    grid (reoriented if the two files store their axes in different orders), both with the CT's affine.
+
+    Raises:
+        ValueError: the CT or the label map holds NaN or infinite voxels, or the two are not on one grid.
+    """
     load = LoadImage(image_only=True, ensure_channel_first=True)
     ct, seg = load(image), load(label)
+    check_finite_voxels(ct, str(image), what="CT")
+    check_finite_voxels(seg, str(label), what="label map")
     axcodes = "".join(nib.orientations.aff2axcodes(ct.affine.numpy(), labels=AXIS_LABELS))
     seg = Orientation(axcodes=axcodes, labels=AXIS_LABELS)(seg)
     if seg.shape != ct.shape or not torch.allclose(seg.affine.double(), ct.affine.double(), atol=1e-2):
@@ -80,11 +87,15 @@ def infer(
 ) -> dict:
     """Organ probabilities of each query on one scan, written to ``output_dir``.
 
-    Writes ``scores.json`` (per query: the 7 probabilities, ``null`` for organs not in the scan, and the
-    ranking), and per query ``query_<i>_probability_map.nii.gz`` (on the CT's voxel grid and affine: each
-    organ's voxels carry its probability, background 0) and ``query_<i>.png`` (orthogonal maximum-intensity
-    views coloured by probability, the query and the top organs written on it). Every input is checked before
-    anything is written, and every file is written whole or not at all.
+    Writes ``scores.json`` (per query: the 7 probabilities, ``null`` for organs without one, and the ranking;
+    ``organs_not_in_scan``: organs the label map does not hold; ``organs_too_small``: organs it holds but with
+    fewer than ``min_voxels`` voxels on the network's grid, each with its voxel count there), and per query
+    ``query_<i>_probability_map.nii.gz`` (on the CT file's voxel grid and affine, whatever its orientation: each
+    organ's voxels carry its probability, background 0) and ``query_<i>.png`` (orthogonal maximum-intensity views
+    coloured by probability, the query and the top organs written on it). Every input is checked before anything
+    is written, and every file is written whole or not at all: a DICOM folder must hold exactly one series, a CT
+    (several series are listed by UID, description and slice count), and the CT must be finite and in Hounsfield
+    units (``ValidateScand``; an MR is refused as such).
 
     Args:
         reasoner: the network, text encoder and text MLP.
@@ -104,10 +115,20 @@ def infer(
             raise FileNotFoundError(f"{name} {path} does not exist")
     if label_convention not in LABEL_CONVENTIONS:
         raise ValueError(f"unknown label_convention {label_convention!r}; known: {', '.join(LABEL_CONVENTIONS)}")
+    check_scan_path(image, role="image", require_ct=True)  # before MONAI's loader silently picks one series
+    check_scan_path(label, role="label", require_ct=False)
     output_dir = writable_output_dir(output_dir)
     scan = {"image": str(image), "label": str(label), "convention": label_convention}
     organs = feature_cache(scan)
+    absent, too_small = organs.absent_organs(), organs.too_small_organs()
     probabilities = reasoner.probabilities(symptoms, organs)
+    unexplained = sorted(
+        {organ for row in probabilities for organ, p in zip(ORGANS, row) if not np.isfinite(p)}
+        - set(absent)
+        - set(too_small)
+    )
+    if unexplained:  # never report an organ as present with a null probability
+        raise ValueError(f"no probability could be computed for {', '.join(unexplained)} in {image}")
     ct, organ_ids = load_scan_grid(image, label, label_convention)
     ct_ras, organs_ras, spacing = picture_grid(ct, organ_ids)
     affine = ct.affine.numpy()
@@ -134,11 +155,18 @@ def infer(
         )
         print(f"\n{text}\n" + "\n".join(f"  {rank}. {organ:<14} {p:.3f}" for rank, (organ, p) in enumerate(ranking, 1)))
         print(f"  picture: {picture}", flush=True)
+    if absent or too_small:
+        notes = [f"  not in the scan: {', '.join(absent)}"] if absent else []
+        if too_small:
+            small = ", ".join(f"{organ} ({count} voxels)" for organ, count in too_small.items())
+            notes.append(f"  too small on the network's grid to be scored: {small}")
+        print("\nno probability for:\n" + "\n".join(notes), flush=True)
     report = {
         "image": str(image),
         "label": str(label),
         "label_convention": label_convention,
-        "organs_not_in_scan": organs.absent_organs(),
+        "organs_not_in_scan": absent,
+        "organs_too_small": too_small,
         "queries": results,
     }
     write_json_atomically(output_dir / "scores.json", report)

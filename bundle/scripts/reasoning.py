@@ -9,8 +9,9 @@ The rule (bundle/docs/README.md, "How a symptom becomes organ probabilities"):
    (avgSim, method.md §4), the length says how strongly the text MLP responds, which is weak for symptoms
    unlike any in the corpus;
 4. p_i = sigmoid(a e_i + b) in [0, 1], a > 0 and b fitted by Platt scaling (scripts.calibration), one organ
-   independently of the others (several may be high); an organ absent from the scan has no image features and
-   no probability (NaN, ``null`` in JSON).
+   independently of the others (several may be high); an organ absent from the scan, or too small on the
+   network's grid to be seen (``SplitOrgansd``'s ``min_voxels``), has no image features and no probability
+   (NaN, ``null`` in JSON), and is reported as such.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from text_pipeline.text_model import load_text_model_and_encoder
 logger = logging.getLogger(__name__)
 
 MAX_SYMPTOM_WORDS = 200  # all-MiniLM-L6-v2 reads 256 word pieces, about 190 English words
+CACHE_FORMAT = 2  # of OrganFeatureCache's files; 2: with the organs' voxel counts (too small organs)
 
 
 def check_symptom(text: object, where: str = "symptom", max_words: int = MAX_SYMPTOM_WORDS) -> str:
@@ -73,18 +75,39 @@ def organ_probability(evidence: torch.Tensor, scale: torch.Tensor | float, bias:
 
 @dataclass(frozen=True)
 class OrganFeatures:
-    """g_i of every organ, unit rows [O, d_img] (NaN for organs absent from the scans), and how many samples
-    each was averaged over."""
+    """g_i of every organ, unit rows [O, d_img] (NaN for organs without samples), and how many samples each was
+    averaged over.
+
+    ``organ_voxels`` (one scan's features only; None otherwise) is ``SplitOrgansd``'s [2, O] voxel counts: row
+    0 each organ's voxels in the label map as given, row 1 on the network's grid. It tells the two kinds of
+    organ without features apart: absent (not in the label map) and too small (in it, but with fewer than
+    ``min_voxels`` voxels on the network's grid).
+    """
 
     features: torch.Tensor
     counts: torch.Tensor
+    organ_voxels: torch.Tensor | None = None
 
     @property
     def present(self) -> torch.Tensor:
         return self.counts > 0
 
+    def too_small_organs(self) -> dict[str, int]:
+        """Organs in the label map but without features because too small: their voxels on the network's grid."""
+        if self.organ_voxels is None:
+            return {}
+        given, here = self.organ_voxels.long().tolist()
+        return {
+            organ: int(here[index])
+            for index, (organ, present) in enumerate(zip(ORGANS, self.present.tolist()))
+            if not present and given[index] > 0
+        }
+
     def absent_organs(self) -> list[str]:
-        return [organ for organ, present in zip(ORGANS, self.present.tolist()) if not present]
+        """Organs without features because the scans do not hold them (too small ones excluded)."""
+        too_small = self.too_small_organs()
+        present = self.present.tolist()
+        return [organ for organ, here in zip(ORGANS, present) if not here and organ not in too_small]
 
 
 class OrganFeatureAccumulator:
@@ -234,6 +257,7 @@ class OrganFeatureCache:
             "convention": scan["convention"],
             "model": self.model_stamp,
             "settings": self.settings,
+            "format": CACHE_FORMAT,
         }
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -245,12 +269,28 @@ class OrganFeatureCache:
         file = self.cache_dir / f"{key}.pt" if self.cache_dir is not None else None
         if file is not None and file.is_file():
             stored = torch.load(file, map_location="cpu", weights_only=True)
-            features = OrganFeatures(stored["features"], stored["counts"])
+            features = OrganFeatures(stored["features"], stored["counts"], stored.get("organ_voxels"))
             logger.info("organ features of %s read from the cache %s", scan["image"], file)
         else:
             samples = organ_samples([scan], self.preprocessing)
-            features = organ_image_features(self.network, samples, self.device)
+            computed = organ_image_features(self.network, samples, self.device)
+            voxels = samples[0].get("organ_voxels") if samples else None
+            voxels = None if voxels is None else torch.as_tensor(voxels).long().reshape(2, len(ORGANS)).clone()
+            features = OrganFeatures(computed.features, computed.counts, voxels)
+            unusable = [
+                organ
+                for organ, present, row in zip(ORGANS, features.present.tolist(), features.features)
+                if present and not bool(torch.isfinite(row).all())
+            ]
+            if unusable:
+                raise ValueError(
+                    f"the image features of {', '.join(unusable)} in {scan['image']} are not finite numbers, so no "
+                    "probability can be given for them; is the scan or the model broken?"
+                )
             if file is not None:
-                write_torch_atomically(file, {"features": features.features, "counts": features.counts})
+                stored = {"features": features.features, "counts": features.counts}
+                if voxels is not None:
+                    stored["organ_voxels"] = voxels
+                write_torch_atomically(file, stored)
         self._memory[key] = features
         return features

@@ -37,7 +37,7 @@ from text_pipeline.organs import ORGANS  # noqa: E402
 
 QUERIES = ["corpus:test", str(REPO / "text_pipeline" / "data" / "ood_queries.jsonl")]
 RANK1_GAP_TARGET = 2.0
-SYMPTOM_METRICS = ("rank1", "rank2", "rank3", "mAP", "ood_auroc", "n_queries")
+SYMPTOM_METRICS = ("rank1", "rank2", "rank3", "mAP", "ood_auroc", "n_queries", "n_ranked", "n_excluded")
 
 
 def real_scans(shared: Path) -> dict[str, dict]:

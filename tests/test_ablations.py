@@ -127,6 +127,7 @@ def test_commands_share_the_data_and_give_each_variant_its_folder(tmp_path):
     assert "phantom_dir" not in btcv and btcv["dataset_dir"] == "/data/btcv"
 
 
+@pytest.mark.slow
 def test_script_trains_and_evaluates_two_variants_into_one_table(tmp_path):
     args = ["--output_dir", "out", "--variants", "2d,full", "--num_epochs", "2", "--seed", "0"]
     result = run_script(*args, *[item for setting in TINY for item in ("--set", setting)], cwd=tmp_path)
@@ -164,6 +165,7 @@ def test_script_trains_and_evaluates_two_variants_into_one_table(tmp_path):
     assert re.search(r"monai\.bundle run evaluating .*--fusion=2d", markdown)
 
 
+@pytest.mark.slow
 def test_a_failing_variant_stops_the_script_and_writes_no_table(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -73,6 +73,7 @@ def trained(tmp_path_factory, phantom_dir) -> tuple[Path, subprocess.CompletedPr
     return run_dir, run_bundle(*bundle_command("training", [TRAIN], run_dir, phantom_dir, num_epochs=5))
 
 
+@pytest.mark.slow
 def test_training_learns_the_image_model_and_the_alignment_together(trained):
     run_dir, result = trained
     losses = scalars(run_dir / "eval", "train_loss")
@@ -92,6 +93,7 @@ def test_training_learns_the_image_model_and_the_alignment_together(trained):
     assert set(scalars(run_dir / "eval", "val_alignment_accuracy")) == {1, 2, 3, 4, 5}
 
 
+@pytest.mark.slow
 def test_training_saves_weights_and_a_resumable_checkpoint(trained):
     run_dir, _ = trained
     models = run_dir / "models"
@@ -106,6 +108,7 @@ def test_training_saves_weights_and_a_resumable_checkpoint(trained):
     assert not list(models.glob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_alignment_alone_trains_w_align_on_the_frozen_image_model(trained, phantom_dir, tmp_path):
     run_dir, _ = trained
     pretrained = torch.load(run_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
@@ -120,6 +123,7 @@ def test_alignment_alone_trains_w_align_on_the_frozen_image_model(trained, phant
     assert not torch.equal(aligned["align.weight"], pretrained["align.weight"])
 
 
+@pytest.mark.slow
 def test_evaluate_config_scores_the_best_weights(trained, phantom_dir):
     run_dir, _ = trained
     configs = [TRAIN, "bundle/configs/evaluate.yaml"]
@@ -136,6 +140,7 @@ def test_evaluate_config_scores_the_best_weights(trained, phantom_dir):
     assert symptoms["samples_per_organ"] == dict.fromkeys(ORGANS, 1)  # one validation phantom
 
 
+@pytest.mark.slow
 def test_evaluating_symptoms_with_out_of_domain_queries(trained, phantom_dir, tmp_path):
     run_dir, _ = trained
     queries = ["corpus:test", "text_pipeline/data/ood_queries.jsonl"]
@@ -156,6 +161,7 @@ def test_evaluating_symptoms_with_out_of_domain_queries(trained, phantom_dir, tm
     assert float(values.split()[0]) == pytest.approx(metrics["rank1"], abs=0.005)
 
 
+@pytest.mark.slow
 def test_evaluating_names_a_malformed_queries_line(trained, phantom_dir, tmp_path):
     run_dir, _ = trained
     queries = tmp_path / "queries.jsonl"
@@ -170,6 +176,7 @@ def test_evaluating_names_a_malformed_queries_line(trained, phantom_dir, tmp_pat
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, phantom_dir):
     command = bundle_command("training", [TRAIN], tmp_path, phantom_dir, num_epochs=100)
     process = subprocess.Popen(
@@ -197,6 +204,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, phantom_dir)
     assert trainer_iteration(final) == (epochs_done + 2) * ITERATIONS_PER_EPOCH
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_names_the_config_id(tmp_path, phantom_dir):
     command = bundle_command("training", [TRAIN], tmp_path, phantom_dir, num_epochs=1, resume=True)
     result = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -204,6 +212,7 @@ def test_resume_without_a_checkpoint_names_the_config_id(tmp_path, phantom_dir):
     assert f"resume is set but ckpt_dir {tmp_path / 'models'} holds no training checkpoint" in result.stderr
 
 
+@pytest.mark.slow
 def test_ddp_training_on_two_cpu_processes_with_gloo(tmp_path, phantom_dir):
     configs = [TRAIN, "bundle/configs/multi_gpu_train.yaml"]
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
@@ -216,6 +225,7 @@ def test_ddp_training_on_two_cpu_processes_with_gloo(tmp_path, phantom_dir):
     assert not any(key.startswith("module.") for key in weights)
 
 
+@pytest.mark.slow
 def test_training_on_the_real_scans_through_a_datalist(tmp_path, phantom_dir, shared_ct):
     items = [
         {"image": str(shared_ct / "patient_a" / "ct.nii.gz"), "convention": "totalseg_total"},

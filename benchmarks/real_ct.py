@@ -98,7 +98,7 @@ def main() -> None:
                 "model_path": str(args.model_path),
                 "output_dir": tmp,
                 "phantom_dir": str(Path(tmp) / "phantom"),
-                "reasoner#encoder_cache_dir": str(Path(tmp) / "embeddings"),
+                "text_embedding_cache": str(Path(tmp) / "embeddings"),
                 "device": "cpu",
             }
         )

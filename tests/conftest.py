@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
 SHARED_CT = REPO.parent / "shared" / "data" / "ct"
+TEXT_EMBEDDINGS = Path(tempfile.mkdtemp(prefix="medsora-test-embeddings-"))
+"""The text encoder's embedding cache of every test and every bundle run they start: never the checkout's."""
+atexit.register(shutil.rmtree, TEXT_EMBEDDINGS, True)
 
 if str(BUNDLE) not in sys.path:
     sys.path.insert(0, str(BUNDLE))
+
+from text_pipeline.organs import organ_lookup_table  # noqa: E402
+
+SMALL_NETWORK = {  # a small network and few phantoms, for tests of the wiring rather than of the model's skill
+    "image_size": [32, 32, 8],
+    "organ_field_of_view_mm": [112.0, 112.0, 64.0],  # the default voxels, 3.5 x 3.5 x 8 mm, in a smaller window
+    "hidden_size": 32,
+    "mlp_dim": 64,
+    "mlp_dim_3d": 64,
+    "num_layers_2d": 1,
+    "num_layers_3d": 1,
+    "num_heads": 2,
+    "batch_size": 8,
+}
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +55,15 @@ def bundle_parser(*config_files: str, **overrides) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config([str(BUNDLE / "configs" / name) for name in ("train.yaml", *config_files)])
     parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
+    parser.update({"text_embedding_cache": str(TEXT_EMBEDDINGS), **overrides})
+    return parser
+
+
+def inference_parser(**overrides) -> ConfigParser:
+    """A parser of the bundle's inference.yaml, as `python -m monai.bundle run inferring` reads it."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.yaml"))
+    parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
     parser.update(overrides)
     return parser
 
@@ -40,3 +72,13 @@ def bundle_parser(*config_files: str, **overrides) -> ConfigParser:
 def preprocessing():
     """The bundle's per-scan preprocessing, exactly as train.yaml declares it."""
     return bundle_parser().get_parsed_content("preprocessing")
+
+
+def write_queries(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts), encoding="utf-8")
+    return path
+
+
+def organ_ids(label_file: Path, convention: str = "totalseg_total") -> np.ndarray:
+    values = np.asarray(nib.load(label_file).dataobj).round().astype(np.int64)
+    return organ_lookup_table(convention, max_label=int(values.max()))[values]

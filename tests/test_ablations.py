@@ -43,6 +43,12 @@ PAPER = {  # method.md §5
 OURS = ("rank1", "rank2", "rank3", "mAP", "ood_auroc")
 
 
+def tiny_settings(tmp_path: Path) -> list[str]:
+    """TINY as ``--set`` arguments, with the text embeddings cached in ``tmp_path``, not in the checkout."""
+    settings = [*TINY, f"text_embedding_cache={tmp_path / 'embeddings'}"]
+    return [item for setting in settings for item in ("--set", setting)]
+
+
 def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
@@ -130,7 +136,7 @@ def test_commands_share_the_data_and_give_each_variant_its_folder(tmp_path):
 @pytest.mark.slow
 def test_script_trains_and_evaluates_two_variants_into_one_table(tmp_path):
     args = ["--output_dir", "out", "--variants", "2d,full", "--num_epochs", "2", "--seed", "0"]
-    result = run_script(*args, *[item for setting in TINY for item in ("--set", setting)], cwd=tmp_path)
+    result = run_script(*args, *tiny_settings(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = tmp_path / "out"
     markdown = (out / "ablations.md").read_text()

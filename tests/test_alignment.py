@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BUNDLE
+from conftest import BUNDLE, TEXT_EMBEDDINGS
 from scripts.calibration import fit_organ_probability
 from scripts.losses import AlignmentLoss, MedSORALoss, alignment_logits, avg_sim
 from scripts.networks import MedSORAImageNet, MedSORANet
@@ -110,8 +110,7 @@ def test_alignment_works_for_every_ablation(fusion):
 
 @pytest.fixture(scope="module")
 def bank() -> OrganTextBank:
-    cache = BUNDLE / "models" / "text" / "embeddings"
-    return OrganTextBank(TEXT_MODEL, split="train", cache_dir=cache, out_of_domain_file=OOD_TRAINING_TEXTS)
+    return OrganTextBank(TEXT_MODEL, split="train", cache_dir=TEXT_EMBEDDINGS, out_of_domain_file=OOD_TRAINING_TEXTS)
 
 
 def test_text_bank_groups_the_training_texts_by_source_organ(bank):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, REPO
+from conftest import BUNDLE, REPO, SMALL_NETWORK, TEXT_EMBEDDINGS
 from scripts.networks import MedSORAImageNet, MedSORANet
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -22,27 +22,15 @@ from text_pipeline.metrics import evaluate_scores
 from text_pipeline.organs import ORGANS
 
 TRAIN = "bundle/configs/train.yaml"
-SMALL = {  # a small network and few phantoms: the wiring is under test here, not the model's skill
-    "num_phantom_train": 3,
-    "num_phantom_val": 1,
-    "image_size": "[32,32,8]",
-    "hidden_size": 32,
-    "mlp_dim": 64,
-    "mlp_dim_3d": 64,
-    "num_layers_2d": 1,
-    "num_layers_3d": 1,
-    "num_heads": 2,
-    "batch_size": 8,
-    "learning_rate": 0.001,
-    "num_workers": 2,
-}
+SMALL = {**SMALL_NETWORK, "num_phantom_train": 3, "num_phantom_val": 1, "learning_rate": 0.001, "num_workers": 2}
 ITERATIONS_PER_EPOCH = 3  # 3 phantoms x 7 organs = 21 samples in batches of 8
 
 
 def bundle_command(run_id: str, config_files: list[str], run_dir: Path, phantom_dir: Path, **overrides) -> list[str]:
     config = config_files[0] if len(config_files) == 1 else str(config_files)
     settings = {**SMALL, "phantom_dir": phantom_dir, "ckpt_dir": run_dir / "models", "output_dir": run_dir / "eval"}
-    arguments = [f"--{key}={value}" for key, value in {**settings, **overrides}.items()]
+    settings["text_embedding_cache"] = TEXT_EMBEDDINGS
+    arguments = [f"--{key}={str(value).replace(' ', '')}" for key, value in {**settings, **overrides}.items()]
     return ["-m", "monai.bundle", "run", run_id, "--config_file", config, *arguments]
 
 
@@ -100,7 +88,7 @@ def test_training_saves_weights_and_a_resumable_checkpoint(trained):
     assert trainer_iteration(models / "checkpoint_epoch=5.pt") == 5 * ITERATIONS_PER_EPOCH
     weights = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     image_network = MedSORAImageNet(
-        img_size=(32, 32, 8), hidden_size=32, mlp_dim=64, num_layers_2d=1, num_layers_3d=1, num_heads=2
+        img_size=(32, 32, 8), in_channels=3, hidden_size=32, mlp_dim=64, num_layers_2d=1, num_layers_3d=1, num_heads=2
     )
     network = MedSORANet(image_network, text_features=256)
     network.load_state_dict(weights)
@@ -271,7 +259,7 @@ def test_paper_config_builds_the_papers_network_from_a_local_vit(tmp_path):
     assert type(network.image.slice_encoder).__name__ == "HuggingFaceViTSliceEncoder"
     assert network.feature_size == 48
     with torch.no_grad():
-        logits = network(torch.rand(1, 1, 224, 224, 32))
+        logits = network(torch.rand(1, 3, 224, 224, 32))
     assert tuple(logits.shape) == (1, len(ORGANS))
 
 

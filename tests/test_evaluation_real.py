@@ -212,7 +212,7 @@ def evaluate_real(scan: dict, datalist_content, tmp_path: Path, text_cache: Path
     command = [
         sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", CONFIGS,
         f"--datalist={datalist}", f"--queries_file={str(QUERIES).replace(' ', '')}", f"--output_dir={output_dir}",
-        f"--text_bank#cache_dir={text_cache}", f"--reasoner#encoder_cache_dir={text_cache}",
+        f"--text_embedding_cache={text_cache}",
         f"--phantom_dir={tmp_path / 'phantoms'}", "--num_workers=1",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -11,8 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, REPO
-from monai.bundle import ConfigParser
+from conftest import REPO, inference_parser, organ_ids, write_queries
 from monai.transforms import LoadImage
 from scripts.inference import infer
 from scripts.reasoning import (
@@ -22,7 +21,7 @@ from scripts.reasoning import (
     organ_probability,
 )
 
-from text_pipeline.organs import ORGANS, organ_index, organ_lookup_table
+from text_pipeline.organs import ORGANS, organ_index
 
 INFERENCE = "bundle/configs/inference.yaml"
 IN_DOMAIN = [  # clear cases, each naming no organ
@@ -39,27 +38,9 @@ OUT_OF_DOMAIN = [
 ]
 
 
-def inference_parser(**overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.yaml"))
-    parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
-    parser.update(overrides)
-    return parser
-
-
 def run_inferring(*arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", INFERENCE, *arguments]
     return subprocess.run(command, cwd=REPO, capture_output=True, timeout=timeout)
-
-
-def write_queries(path: Path, texts: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts), encoding="utf-8")
-    return path
-
-
-def organ_ids(label_file: Path, convention: str = "totalseg_total") -> np.ndarray:
-    values = np.asarray(nib.load(label_file).dataobj).round().astype(np.int64)
-    return organ_lookup_table(convention, max_label=int(values.max()))[values]
 
 
 @pytest.fixture(scope="module")
@@ -135,15 +116,19 @@ def test_dicom_series_with_missing_organs(shared_ct, tmp_path):
 
 
 def test_default_run_works_right_after_install(tmp_path):
-    result = run_inferring("--output_dir", str(tmp_path), "--example_dir", str(tmp_path / "example"))
+    out = tmp_path / "out"
+    result = run_inferring(
+        "--output_dir", str(out), "--example_dir", str(tmp_path / "example"), "--feature_cache_dir", str(tmp_path / "c")
+    )
     assert result.returncode == 0, result.stderr.decode()[-4000:]
-    (query,) = json.loads((tmp_path / "scores.json").read_text())["queries"]
+    (query,) = json.loads((out / "scores.json").read_text())["queries"]
     assert query["text"] == "dark urine and yellowing of the eyes"
-    assert (tmp_path / "query_000.png").is_file() and (tmp_path / "query_000_probability_map.nii.gz").is_file()
+    assert (out / "query_000.png").is_file() and (out / "query_000_probability_map.nii.gz").is_file()
 
 
 def test_undecodable_symptom_on_the_command_line(tmp_path):
-    result = run_inferring("--symptom", b"pain \xff\xfe in the belly", "--output_dir", str(tmp_path / "out"))
+    example = ("--example_dir", str(tmp_path / "example"))  # the default scan, written to a temporary folder
+    result = run_inferring("--symptom", b"pain \xff\xfe in the belly", "--output_dir", str(tmp_path / "out"), *example)
     assert result.returncode != 0
     assert b"symptom is not valid UTF-8 text" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -265,7 +250,7 @@ def test_organ_features_of_a_scan_are_computed_once(components, shared_ct, tmp_p
 def test_organ_image_features_are_unit_means_per_organ(components):
     reasoner, _, _ = components
     generator = torch.Generator().manual_seed(0)
-    samples = [{"image": torch.rand(1, 64, 64, 16, generator=generator), "label": label} for label in (0, 0, 2)]
+    samples = [{"image": torch.rand(3, 64, 64, 16, generator=generator), "label": label} for label in (0, 0, 2)]
     organs = organ_image_features(reasoner.network, samples)
     assert organs.counts.tolist() == [2, 0, 1, 0, 0, 0, 0]
     assert organs.absent_organs() == ["pancreas", "gallbladder", "spleen", "stomach", "adrenal_gland"]

@@ -11,26 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, REPO, bundle_parser
+from conftest import REPO, SMALL_NETWORK, TEXT_EMBEDDINGS, bundle_parser
 
 from text_pipeline.organs import ORGANS
 
 pytestmark = pytest.mark.slow
 
 CONFIGS = ["bundle/configs/train.yaml", "bundle/configs/multi_gpu_train.yaml"]
-SMALL = {  # a small network and few phantoms: the wiring is under test, not the model's skill
-    "num_phantom_train": 2,
-    "num_phantom_val": 1,
-    "image_size": [32, 32, 8],
-    "hidden_size": 32,
-    "mlp_dim": 64,
-    "mlp_dim_3d": 64,
-    "num_layers_2d": 1,
-    "num_layers_3d": 1,
-    "num_heads": 2,
-    "batch_size": 8,
-    "num_workers": 1,
-}
+SMALL = {**SMALL_NETWORK, "num_phantom_train": 2, "num_phantom_val": 1, "num_workers": 1}
 VALIDATION_SAMPLES = len(ORGANS)  # one validation phantom, every organ once
 # what each rank leaves behind, appended to the `training` steps: its fit, its record of the best validation
 RANK_RECORD = """
@@ -45,14 +33,10 @@ RANK_RECORD = """
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory) -> dict[str, Path]:
-    """Phantoms and a text-embedding cache for the module's runs; the cache starts from the checkout's, if any
-    (read, never written), and is filled once here rather than by two ranks at once."""
+    """Phantoms and the tests' text-embedding cache for the module's runs; the cache is filled once here rather
+    than by two ranks at once."""
     root = tmp_path_factory.mktemp("shared")
-    cache = root / "embeddings"
-    checkout_cache = BUNDLE / "models" / "text" / "embeddings"
-    if checkout_cache.is_dir():
-        shutil.copytree(checkout_cache, cache)
-    paths = {"phantom_dir": root / "phantoms", "text_bank#cache_dir": cache}
+    paths = {"phantom_dir": root / "phantoms", "text_embedding_cache": TEXT_EMBEDDINGS}
     bundle_parser(**{key: str(value) for key, value in paths.items()}).get_parsed_content("text_bank")
     record = root / "rank_record.yaml"
     record.write_text(RANK_RECORD)
@@ -61,7 +45,7 @@ def shared(tmp_path_factory) -> dict[str, Path]:
 
 def torchrun(shared: dict[str, Path], run_dir: Path, **overrides) -> subprocess.CompletedProcess:
     settings = {
-        **SMALL, "phantom_dir": shared["phantom_dir"], "text_bank#cache_dir": shared["text_bank#cache_dir"],
+        **SMALL, "phantom_dir": shared["phantom_dir"], "text_embedding_cache": shared["text_embedding_cache"],
         "ckpt_dir": run_dir / "models", "output_dir": run_dir / "eval", **overrides,
     }  # fmt: skip
     arguments = [f"--{key}={str(value).replace(' ', '')}" for key, value in settings.items()]
@@ -92,7 +76,7 @@ def single_process_fit(shared: dict[str, Path], model_path: Path, share: slice =
     from scripts.calibration import fit_organ_probability
     from scripts.reasoning import organ_image_features
 
-    paths = {key: str(shared[key]) for key in ("phantom_dir", "text_bank#cache_dir")}
+    paths = {key: str(shared[key]) for key in ("phantom_dir", "text_embedding_cache")}
     parser = bundle_parser(**SMALL, **paths, device="$torch.device('cpu')")
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(weights(model_path))

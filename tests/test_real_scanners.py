@@ -22,8 +22,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, REPO
-from monai.bundle import ConfigParser
+from conftest import REPO, inference_parser, organ_ids, write_queries
 from monai.data import MetaTensor, list_data_collate
 from scripts.data import ScanError, organ_samples
 from scripts.inference import infer, load_scan_grid
@@ -31,30 +30,12 @@ from scripts.reasoning import OrganFeatureCache, OrganFeatures
 from scripts.scan_io import check_dicom_folder, dicom_series
 from scripts.transforms import RemapOrgansd, SplitOrgansd, ValidateScand
 
-from text_pipeline.organs import ORGANS, organ_index, organ_lookup_table
+from text_pipeline.organs import ORGANS, organ_index
 
 QUERIES = ["dark urine and yellowing of the eyes", "vomiting blood and burning pain after eating"]
 
 
 # helpers
-
-
-def inference_parser(**overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.yaml"))
-    parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
-    parser.update(overrides)
-    return parser
-
-
-def write_queries(path: Path, texts: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts), encoding="utf-8")
-    return path
-
-
-def organ_ids(label_file: Path, convention: str = "totalseg_total") -> np.ndarray:
-    values = np.asarray(nib.load(label_file).dataobj).round().astype(np.int64)
-    return organ_lookup_table(convention, max_label=int(values.max()))[values]
 
 
 def reoriented(image: nib.Nifti1Image, axcodes: str) -> nib.Nifti1Image:

@@ -43,9 +43,9 @@ PAPER = {  # method.md §5
 OURS = ("rank1", "rank2", "rank3", "mAP", "ood_auroc")
 
 
-def tiny_settings(tmp_path: Path) -> list[str]:
-    """TINY as ``--set`` arguments, with the text embeddings cached in ``tmp_path``, not in the checkout."""
-    settings = [*TINY, f"text_embedding_cache={tmp_path / 'embeddings'}"]
+def tiny_settings(tmp_path: Path, settings: list[str] = TINY) -> list[str]:
+    """``settings`` as ``--set`` arguments, with the text embeddings cached in ``tmp_path``, not in the checkout."""
+    settings = [*settings, f"text_embedding_cache={tmp_path / 'embeddings'}"]
     return [item for setting in settings for item in ("--set", setting)]
 
 
@@ -178,7 +178,7 @@ def test_a_failing_variant_stops_the_script_and_writes_no_table(tmp_path):
     (out / "ablations.md").write_text("a table of an earlier run\n")
     tiny = [setting for setting in TINY if not setting.startswith("num_heads")] + ["num_heads=3"]  # 32 % 3 != 0
     args = ["--output_dir", str(out), "--variants", "hard_labels,2d", "--num_epochs", "2"]
-    result = run_script(*args, *[item for setting in tiny for item in ("--set", setting)], cwd=tmp_path)
+    result = run_script(*args, *tiny_settings(tmp_path, tiny), cwd=tmp_path)
     assert result.returncode == 1
     assert "variant hard_labels: the command failed" in result.stderr
     assert "hidden_size should be divisible by num_heads" in result.stderr  # the root cause, from the log

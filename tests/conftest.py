@@ -82,3 +82,33 @@ def write_queries(path: Path, texts: list[str]) -> Path:
 def organ_ids(label_file: Path, convention: str = "totalseg_total") -> np.ndarray:
     values = np.asarray(nib.load(label_file).dataobj).round().astype(np.int64)
     return organ_lookup_table(convention, max_label=int(values.max()))[values]
+
+
+def tiny_bert_dir(folder: Path) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) and a 14-word WordPiece tokenizer, saved locally."""
+    import torch
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "yellow", "skin", "dark", "urine", "knee", "pain"]
+    words += ["jaundice", "with", "and"]
+    tokenizer = Tokenizer(WordPiece({word: index for index, word in enumerate(words)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    special = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special).save_pretrained(folder)
+    return folder

@@ -15,7 +15,7 @@ from scripts.text_bank import OrganTextBank, PrepareBatchWithOrganTexts
 from text_pipeline.corpus import OOD_QUERIES, OOD_TRAINING_TEXTS, read_corpus, read_queries
 from text_pipeline.organs import ORGANS
 
-TEXT_MODEL = BUNDLE / "models" / "text" / "text_mlp_soft.pt"
+TEXT_MODEL = BUNDLE / "models" / "text" / "text_mlp_calibrated.pt"
 TINY_IMAGE = dict(
     img_size=(32, 32, 8), slice_patch_size=8, hidden_size=32, mlp_dim=64, num_layers_2d=1, num_heads=2, num_layers_3d=1
 )
@@ -113,15 +113,29 @@ def bank() -> OrganTextBank:
     return OrganTextBank(TEXT_MODEL, split="train", cache_dir=TEXT_EMBEDDINGS, out_of_domain_file=OOD_TRAINING_TEXTS)
 
 
-def test_text_bank_groups_the_training_texts_by_source_organ(bank):
+def test_text_bank_groups_the_training_texts_by_the_organs_they_name(bank):
     train = read_corpus("train")
-    assert sum(len(features) for features in bank.features) == len(train) == len(bank.all_features)
+    assert len(train) == len(bank.all_features)
+    assert sum(len(features) for features in bank.features) == sum(len(query.organs) for query in train)
     for index, organ in enumerate(ORGANS):
-        assert len(bank.features[index]) == sum(query.meta["organ"] == organ for query in train)
-        assert bank.organ_labels[[query.meta["organ"] == organ for query in train], index].eq(1).all()
+        naming = [organ in query.organs for query in train]
+        assert len(bank.features[index]) == sum(naming)
+        torch.testing.assert_close(bank.features[index], bank.all_features[naming])
+        assert (
+            bank.organ_labels[naming, index].eq(1).all() and bank.organ_labels[~torch.tensor(naming), index].eq(0).all()
+        )
     assert bank.feature_size == 256
     assert bank.organ_labels.sum(dim=1).ge(1).all()
     assert bank.other_features.shape == (len(read_queries(OOD_TRAINING_TEXTS)), 256)
+
+
+def test_text_bank_can_keep_the_source_organs_texts_only():
+    train = read_corpus("train")
+    bank = OrganTextBank(TEXT_MODEL, split="train", cache_dir=TEXT_EMBEDDINGS, positives="source")
+    for index, organ in enumerate(ORGANS):
+        assert len(bank.features[index]) == sum(query.meta["organ"] == organ for query in train)
+    with pytest.raises(ValueError, match="positives must be one of organ_set, source, got 'primary'"):
+        OrganTextBank(TEXT_MODEL, positives="primary")
 
 
 def test_training_negatives_are_not_the_evaluation_queries():

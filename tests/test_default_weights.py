@@ -9,9 +9,11 @@ import torch
 from conftest import BUNDLE, REPO, bundle_parser
 from monai.bundle import ConfigParser
 
+from text_pipeline.labels import LABEL_KINDS
 from text_pipeline.text_model import load_text_model
 
-SHIPPED = ["model.pt", "text/anchors.pt", "text/text_mlp_soft.pt", "text/text_mlp_hard.pt", "text/manifest.json"]
+SHIPPED = ["model.pt", "text/anchors.pt", "text/encoder_tuned.pt", "text/manifest.json"]
+SHIPPED += [f"text/text_mlp_{kind}.pt" for kind in LABEL_KINDS]
 MAX_BYTES = 16 * 1024 * 1024
 
 
@@ -36,12 +38,14 @@ def test_model_weights_fit_the_network_of_training_and_of_inference():
 
 
 def test_text_artifacts_record_their_encoder_and_labels():
-    for kind in ("soft", "hard"):
+    for kind in LABEL_KINDS:
         model = load_text_model(BUNDLE / "models" / "text" / f"text_mlp_{kind}.pt")
-        assert model.extra == {"encoder": "minilm", "labels": kind}
+        assert model.extra == {"encoder": "tuned:encoder_tuned.pt", "labels": kind}
         assert model.config["hidden_dim"] == bundle_parser()["text_feature_size"]
     manifest = json.loads((BUNDLE / "models" / "text" / "manifest.json").read_text())
-    assert manifest["settings"]["encoder"] == "minilm" and manifest["corpus"]["train"] > 1000
+    assert manifest["settings"]["encoder"] == "minilm" and manifest["settings"]["fine_tune"]
+    assert manifest["encoder"] == "tuned:encoder_tuned.pt" and manifest["corpus"]["train"] >= 0.8 * 7 * 400
+    assert bundle_parser()["text_labels"] == manifest["default_labels"] == "calibrated"
 
 
 def test_the_shipped_image_network_names_every_organ_of_real_scans_it_never_saw(shared_ct):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_bert_dir
 from fake_openai import FakeOpenAI
 from fake_openai import fake_embedding as openai_fake_embedding
 
@@ -25,11 +25,11 @@ from text_pipeline.encoders import (
     make_encoder,
 )
 from text_pipeline.figures import label_correlation, plot_label_correlation, plot_tsne
+from text_pipeline.labels import hard_labels
 from text_pipeline.metrics import evaluate_scores, mean_average_precision, ood_auroc, rank_k_accuracy
 from text_pipeline.organs import ORGANS
 from text_pipeline.text_model import (
     TextMLP,
-    hard_labels,
     load_text_model,
     save_text_model,
     text_mlp_loss,
@@ -283,35 +283,6 @@ def test_cached_encoder_embeds_each_text_once(tmp_path):
     assert other.encoded == ["fever"]  # the key includes the encoder's name
     leftovers = [path.name for path in (tmp_path / "cache").rglob(".*")]
     assert leftovers == []  # atomic writes leave no temporary file
-
-
-def tiny_bert_dir(folder: Path) -> Path:
-    """A randomly initialised 2-layer BERT (hidden 32) and a 14-word WordPiece tokenizer, saved locally."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordPiece
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "yellow", "skin", "dark", "urine", "knee", "pain"]
-    words += ["jaundice", "with", "and"]
-    tokenizer = Tokenizer(WordPiece({word: index for index, word in enumerate(words)}, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    special = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    config = BertConfig(
-        vocab_size=len(words),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special).save_pretrained(folder)
-    return folder
 
 
 def test_transformers_encoder_mean_pools_a_local_model(tmp_path):

@@ -1,7 +1,7 @@
 """``python -m text_pipeline <stage>``: one subcommand per stage of the text pipeline, and ``build``.
 
 Online stages (retrieve, filter, expand) reach PubMed, Wikipedia and an OpenAI-compatible server; the
-offline ones (embed, anchors, train, evaluate, figures, build) start from the shipped corpus.
+offline ones (embed, fine-tune, anchors, train, evaluate, figures, build) start from the shipped corpus.
 """
 
 from __future__ import annotations
@@ -12,22 +12,37 @@ import sys
 from pathlib import Path
 
 from text_pipeline import pipeline
-from text_pipeline.corpus import OOD_QUERIES, read_corpus, read_jsonl, read_queries
+from text_pipeline.corpus import OOD_QUERIES, OOD_TRAINING_TEXTS, read_corpus, read_jsonl, read_queries
+from text_pipeline.labels import LABEL_KINDS
 from text_pipeline.llm import MissingAPIKeyError
 
 logger = logging.getLogger("text_pipeline")
 
 
-def _add_artifacts(parser: argparse.ArgumentParser) -> None:
+def _add_artifacts(parser: argparse.ArgumentParser, encoder_help: str | None = None) -> None:
     parser.add_argument("--artifacts", type=Path, default=pipeline.DEFAULT_ARTIFACTS, help="artifact folder")
-    parser.add_argument("--encoder", default="minilm", help="minilm | openai:<model> | transformers:<dir>")
+    if encoder_help:
+        parser.add_argument("--encoder", default="minilm", help=encoder_help)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> pipeline.BuildSettings:
-    overrides = {"encoder": args.encoder}
+    overrides = {"encoder": getattr(args, "encoder", None) or "minilm"}
     if getattr(args, "epochs", None):
         overrides["mlp_epochs"] = args.epochs
-    return pipeline.BuildSettings(**overrides)
+    if getattr(args, "fine_tune_epochs", None):
+        overrides["fine_tune_epochs"] = args.fine_tune_epochs
+    if getattr(args, "fine_tune", None) is not None:
+        overrides["fine_tune"] = args.fine_tune
+    settings = pipeline.BuildSettings(**overrides)
+    settings.check()
+    return settings
 
 
 def _retrieve(args: argparse.Namespace) -> None:
@@ -66,44 +81,55 @@ def _llm_stage(args: argparse.Namespace) -> None:
 
 
 def _embed(args: argparse.Namespace) -> None:
-    queries = read_corpus() + read_queries(OOD_QUERIES)
+    queries = read_corpus() + read_queries(OOD_TRAINING_TEXTS) + read_queries(OOD_QUERIES)
     features = pipeline.embed(queries, args.artifacts, args.encoder)
     print(f"{features.shape[0]} texts embedded ({features.shape[1]}-d) into {args.artifacts / 'embeddings'}")
+
+
+def _fine_tune(args: argparse.Namespace) -> None:
+    summary = pipeline.fine_tune(args.artifacts, _settings(args))
+    print(
+        f"tuned encoder -> {args.artifacts / pipeline.TUNED_ENCODER_FILE} ({summary['seconds']} s); "
+        f"use it with --encoder {pipeline.TUNED_ENCODER}"
+    )
 
 
 def _anchors(args: argparse.Namespace) -> None:
     settings = _settings(args)
     train = read_corpus("train")
-    features = pipeline.embed(train, args.artifacts, settings.encoder)
-    pipeline.build_anchors(features, pipeline.source_organs(train), settings, args.artifacts)
+    features = pipeline.embed(train, args.artifacts, args.encoder)
+    pipeline.build_anchors(features, pipeline.source_organs(train), settings, args.artifacts, args.encoder)
     print(f"anchors -> {args.artifacts / 'anchors.pt'}")
 
 
 def _train(args: argparse.Namespace) -> None:
     settings = _settings(args)
-    train = read_corpus("train")
-    features = pipeline.embed(train, args.artifacts, settings.encoder)
-    anchors = pipeline.load_anchors(args.artifacts, settings.encoder)
-    pipeline.train_models(features, pipeline.source_organs(train), anchors, settings, args.artifacts)
-    print(f"text MLPs -> {args.artifacts / 'text_mlp_soft.pt'}, {args.artifacts / 'text_mlp_hard.pt'}")
+    anchors = pipeline.load_anchors(args.artifacts)
+    train, ood_train = read_corpus("train"), read_queries(OOD_TRAINING_TEXTS)
+    features = pipeline.embed(train, args.artifacts, anchors["encoder"])
+    ood_features = pipeline.embed(ood_train, args.artifacts, anchors["encoder"])
+    pipeline.train_models(train, features, ood_features, anchors, settings, args.artifacts)
+    names = ", ".join(f"text_mlp_{kind}.pt" for kind in LABEL_KINDS)
+    print(f"text MLPs -> {args.artifacts} ({names})")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     queries = read_queries(args.queries) if args.queries else read_corpus("test")
-    metrics = pipeline.evaluate(queries, args.artifacts, args.encoder, args.out)
+    metrics = pipeline.evaluate(queries, args.artifacts, args.out)
     print(pipeline.metrics_table(metrics))
     print(f"metrics -> {args.out / 'metrics.json'}")
 
 
 def _figures(args: argparse.Namespace) -> None:
-    paths = pipeline.figures(args.artifacts, args.encoder, args.out or args.artifacts / "figures")
+    paths = pipeline.figures(args.artifacts, args.out or args.artifacts / "figures")
     print("\n".join(str(path) for path in paths))
 
 
 def _build(args: argparse.Namespace) -> None:
     manifest = pipeline.build(args.artifacts, _settings(args))
     print(pipeline.metrics_table(manifest["evaluation"]))
-    print(f"artifacts -> {args.artifacts} ({manifest['seconds']} s)")
+    seconds = ", ".join(f"{stage} {value} s" for stage, value in manifest["seconds"].items())
+    print(f"artifacts -> {args.artifacts} ({seconds})")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -135,17 +161,33 @@ def make_parser() -> argparse.ArgumentParser:
             stage.add_argument("--n", type=int, default=5, help="observations per chunk")
         stage.set_defaults(run=_llm_stage)
 
+    encoder_help = "minilm | openai:<model> | transformers:<dir> | tuned:encoder_tuned.pt (the fine-tuned one)"
+    base_help = "the pretrained encoder: minilm | transformers:<dir>"
     for name, run, text in (
-        ("embed", _embed, "embed the shipped corpus (cached by encoder and text)"),
+        ("embed", _embed, "embed the shipped corpus and out-of-domain texts (cached by encoder and text)"),
+        ("fine-tune", _fine_tune, "fine-tune the encoder on the training split (low-rank adapters, organ sets)"),
         ("anchors", _anchors, "fit positive and negative organ anchors on the training texts"),
-        ("train", _train, "train the text MLP on soft labels and on hard labels"),
+        ("train", _train, "train the text MLP on hard, anchor (paper) and calibrated labels"),
         ("figures", _figures, "t-SNE with anchors; hard vs soft label correlation heatmaps"),
         ("build", _build, "the whole offline path from the shipped corpus to the artifacts"),
     ):
         stage = stages.add_parser(name, help=text)
-        _add_artifacts(stage)
+        _add_artifacts(
+            stage,
+            {"embed": encoder_help, "anchors": encoder_help}.get(name)
+            or (base_help if name in ("fine-tune", "build") else None),
+        )
         if name in ("train", "build"):
-            stage.add_argument("--epochs", type=int, help="text MLP epochs (default 500)")
+            stage.add_argument("--epochs", type=_positive_int, help="text MLP epochs (default 200)")
+        if name in ("fine-tune", "build"):
+            stage.add_argument("--fine-tune-epochs", type=_positive_int, help="encoder fine-tuning epochs (default 3)")
+        if name == "build":
+            stage.add_argument(
+                "--fine-tune",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="fine-tune the encoder first and build on it (default: yes)",
+            )
         if name == "figures":
             stage.add_argument("--out", type=Path, help="folder (default: ARTIFACTS/figures)")
         stage.set_defaults(run=run)

@@ -14,7 +14,7 @@ CORPUS_DIR = DATA_DIR / "corpus"
 KNOWLEDGE_BASE_DIR = DATA_DIR / "knowledge_base"
 OOD_QUERIES = DATA_DIR / "ood_queries.jsonl"  # held out: evaluation only
 OOD_TRAINING_TEXTS = DATA_DIR / "ood_train.jsonl"  # training negatives: texts of no organ
-STYLES = ("patient", "clinician", "exam", "lab")
+STYLES = ("patient", "triage", "clinician", "exam", "lab")
 SPLITS = ("train", "test")
 CORPUS_SOURCE_PREFIX = "corpus:"  # a query source naming a split of the shipped corpus, e.g. "corpus:test"
 

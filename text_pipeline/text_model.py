@@ -1,7 +1,7 @@
 """The text MLP: f_bar = MLP(f) with a head of one sigmoid output per organ (method.md §2).
 
-It is trained with binary cross-entropy against either the anchors' soft labels (the method) or one-hot
-source-organ labels (the hard-label baseline); both go through :func:`train_text_mlp`.
+It is trained with binary cross-entropy against one kind of label of :mod:`text_pipeline.labels` (hard, the
+paper's anchor soft labels, or calibrated); all go through :func:`train_text_mlp`.
 """
 
 from __future__ import annotations
@@ -67,11 +67,6 @@ class TextMLP(nn.Module):
             self.train(was_training)
 
 
-def hard_labels(organ_of_text: torch.Tensor | np.ndarray, num_organs: int = len(ORGANS)) -> torch.Tensor:
-    """One-hot source-organ targets of the hard-label baseline (method.md §2): [N] indices -> [N, O] float."""
-    return F.one_hot(torch.as_tensor(organ_of_text).reshape(-1).long(), num_organs).float()
-
-
 def text_mlp_loss(model: TextMLP, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of the MLP's sigmoid outputs against the (soft or hard) targets (method.md §2),
     averaged over texts and organs."""
@@ -93,8 +88,8 @@ def train_text_mlp(
 ) -> TextMLP:
     """Train a :class:`TextMLP` with BCE on ``targets`` (paper: 500 epochs, batch 32, Adam, lr 1e-3).
 
-    Soft labels (:func:`text_pipeline.anchors.soft_labels`) and the hard-label baseline (:func:`hard_labels`)
-    both come through here. Deterministic for a given ``seed`` (initial weights, shuffling and dropout); the
+    Every kind of label of :mod:`text_pipeline.labels` (hard, the paper's anchors, calibrated) comes through
+    here. Deterministic for a given ``seed`` (initial weights, shuffling and dropout); the
     global torch RNG is left untouched. ``epochs=0`` returns the untrained, seeded model.
 
     Args:
@@ -188,8 +183,8 @@ def save_text_model(path: str | Path, model: TextMLP, *, extra: Mapping[str, Any
 
 
 def load_text_model_and_encoder(path: str | Path, cache_dir: str | Path | None = None) -> tuple[TextMLP, TextEncoder]:
-    """A text MLP saved by :func:`save_text_model` and the encoder it was trained on (``extra["encoder"]``),
-    optionally caching embeddings in ``cache_dir``.
+    """A text MLP saved by :func:`save_text_model` and the encoder it was trained on (``extra["encoder"]``; a
+    fine-tuned encoder's file is found beside the model), optionally caching embeddings in ``cache_dir``.
 
     Raises:
         ValueError: the model does not record its encoder (see also :func:`load_text_model`).
@@ -198,7 +193,7 @@ def load_text_model_and_encoder(path: str | Path, cache_dir: str | Path | None =
     spec = model.extra.get("encoder")
     if not spec:
         raise ValueError(f"text model {path} does not record the encoder it was trained with")
-    return model, make_encoder(spec, cache_dir=cache_dir)
+    return model, make_encoder(spec, cache_dir=cache_dir, relative_to=Path(path).parent)
 
 
 def load_text_model(path: str | Path) -> TextMLP:

@@ -17,7 +17,9 @@ OUR_METRICS = (*METRICS, "ood_auroc")
 METRIC_TITLES = {"rank1": "Rank-1", "rank2": "Rank-2", "rank3": "Rank-3", "mAP": "mAP", "ood_auroc": "OOD AUROC"}
 PAPER_NOTE = (
     "The paper's numbers come from its private symptom corpus with BTCV images; ours come from this "
-    "repository's corpus and the data above, so the columns are not expected to match."
+    "repository's corpus and the data above, so the columns are not expected to match. The paper's full model "
+    "is our `anchor_labels` row (its anchor soft labels); our `full` row uses the calibrated labels, which the "
+    "paper does not have (n/a)."
 )
 
 

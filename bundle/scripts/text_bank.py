@@ -10,19 +10,25 @@ import torch
 from monai.engines import PrepareBatch, default_prepare_batch
 
 from text_pipeline.corpus import read_corpus, read_queries
+from text_pipeline.labels import hard_labels, organ_sets
 from text_pipeline.organs import ORGANS, organ_index
 from text_pipeline.text_model import load_text_model_and_encoder
 
 logger = logging.getLogger(__name__)
 
+POSITIVES = ("organ_set", "source")
+
 
 class OrganTextBank:
-    """f_bar = MLP(f) (method.md §2) of every text of one corpus split, grouped by source organ.
+    """f_bar = MLP(f) (method.md §2) of every text of one corpus split, grouped by organ.
 
-    ``features[i]`` holds the f_bar of the texts expanded from organ i's passages [N_i, d_txt] (the InfoNCE
-    positives of organ i); ``all_features`` [N, d_txt] and ``organ_labels`` [N, O] (multi-hot: every organ a
-    text names as related) are all the texts, for fitting the organ probabilities; ``other_features``
-    [M, d_txt] are the out-of-domain texts (symptoms of no organ), empty without ``out_of_domain_file``.
+    ``features[i]`` holds the f_bar of organ i's texts [N_i, d_txt], the InfoNCE positives of organ i: with
+    ``positives="organ_set"`` every text whose known organ set names organ i (a text of jaundice counts for the
+    liver, the gallbladder and the pancreas alike: the one-to-many knowledge of the corpus reaches W_align), with
+    ``"source"`` only the texts expanded from organ i's passages. ``all_features`` [N, d_txt] and
+    ``organ_labels`` [N, O] (multi-hot: every organ a text names as related) are all the texts, for fitting the
+    organ probabilities; ``other_features`` [M, d_txt] are the out-of-domain texts (symptoms of no organ), empty
+    without ``out_of_domain_file``.
 
     The text MLP is frozen: it was trained offline on the corpus (``python -m text_pipeline build``), and
     alignment learns only W_align on top of its features.
@@ -34,6 +40,7 @@ class OrganTextBank:
         cache_dir: embedding cache of the encoder (by encoder and text), or None.
         out_of_domain_file: a JSON-lines file of symptoms of none of the organs (``"organs": []``), e.g.
             ``text_pipeline.corpus.OOD_TRAINING_TEXTS``, or None.
+        positives: ``"organ_set"`` or ``"source"``: which texts are organ i's (above).
     """
 
     def __init__(
@@ -42,16 +49,20 @@ class OrganTextBank:
         split: str = "train",
         cache_dir: str | Path | None = None,
         out_of_domain_file: str | Path | None = None,
+        positives: str = "organ_set",
     ):
+        if positives not in POSITIVES:
+            raise ValueError(f"positives must be one of {', '.join(POSITIVES)}, got {positives!r}")
         self.text_model, encoder = load_text_model_and_encoder(text_model_path, cache_dir)
         queries = read_corpus(split)
         f_bar = self._f_bar(encoder, [query.text for query in queries])
-        organs = torch.tensor([organ_index(query.meta["organ"]) for query in queries])
         self.all_features = f_bar
-        self.organ_labels = torch.zeros(len(queries), len(ORGANS))
-        for row, query in enumerate(queries):
-            self.organ_labels[row, [organ_index(organ) for organ in query.organs]] = 1.0
-        self.features = [f_bar[organs == index] for index in range(len(ORGANS))]
+        self.organ_labels = organ_sets(queries)
+        if positives == "source":
+            of_organ = hard_labels([organ_index(query.meta["organ"]) for query in queries]).bool()
+        else:
+            of_organ = self.organ_labels.bool()
+        self.features = [f_bar[of_organ[:, index]] for index in range(len(ORGANS))]
         empty = [organ for organ, features in zip(ORGANS, self.features) if not len(features)]
         if empty:
             raise ValueError(f"the corpus {split} split has no text of {', '.join(empty)}: alignment needs every organ")

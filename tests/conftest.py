@@ -6,6 +6,7 @@ import atexit
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -112,3 +113,10 @@ def tiny_bert_dir(folder: Path) -> Path:
     BertModel(config).save_pretrained(folder)
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special).save_pretrained(folder)
     return folder
+
+
+def run_inferring(*arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run inferring`` with the bundle's inference config, from the repository root."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "inferring"]
+    command += ["--config_file", "bundle/configs/inference.yaml", *arguments]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)

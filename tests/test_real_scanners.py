@@ -14,15 +14,13 @@ from __future__ import annotations
 import json
 import locale
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, inference_parser, organ_ids, write_queries
+from conftest import inference_parser, organ_ids, run_inferring, write_queries
 from monai.data import MetaTensor, list_data_collate
 from scripts.data import ScanError, organ_samples
 from scripts.inference import infer, load_scan_grid
@@ -119,12 +117,6 @@ def run_infer(components, image: Path, label: Path, output_dir: Path, convention
     kwargs.setdefault("queries_file", write_queries(output_dir.parent / f"{output_dir.name}_queries.jsonl", QUERIES))
     kwargs.update(image=image, label=label, label_convention=convention, output_dir=output_dir)
     return infer(reasoner, cache, **kwargs)
-
-
-def run_inferring(*arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "monai.bundle", "run", "inferring"]
-    command += ["--config_file", "bundle/configs/inference.yaml", *arguments]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 # NaN and infinite voxels

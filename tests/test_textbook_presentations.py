@@ -7,12 +7,10 @@ texts were written without them; their nearest corpus texts are measured in text
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import BUNDLE, REPO, bundle_parser, write_queries
+from conftest import BUNDLE, bundle_parser, run_inferring, write_queries
 
 from text_pipeline.organs import ORGANS
 from text_pipeline.text_model import load_text_model_and_encoder
@@ -34,7 +32,6 @@ TEXTBOOK = {
     "round face, purple stretch marks on the belly and easy bruising": "adrenal_gland",
 }
 UNRELATED = ["pain in the knee joint when climbing stairs", "migraine with flashing lights"]
-INFERENCE = "bundle/configs/inference.yaml"
 DEMO = "dark urine and yellowing of the eyes"  # the README's example symptom
 
 
@@ -60,18 +57,10 @@ def test_text_only_with_the_bundles_text_model():
 def inferred(tmp_path_factory) -> dict[str, dict[str, float]]:
     out = tmp_path_factory.mktemp("textbook")
     queries = write_queries(out / "queries.jsonl", [*TEXTBOOK, *UNRELATED, DEMO])
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "inferring",
-        "--config_file",
-        "bundle/configs/inference.yaml",
-    ]
-    command += ["--queries_file", str(queries), "--output_dir", str(out / "out"), "--example_dir", str(out / "scan")]
-    command += ["--feature_cache_dir", str(out / "cache")]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = run_inferring(
+        "--queries_file", str(queries), "--output_dir", str(out / "out"), "--example_dir", str(out / "scan"),
+        "--feature_cache_dir", str(out / "cache"), timeout=600,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     scores = json.loads((out / "out" / "scores.json").read_text())
     assert scores["organs_not_in_scan"] == [] and (BUNDLE / "models" / "model.pt").is_file()

@@ -162,7 +162,7 @@ def make_parser() -> argparse.ArgumentParser:
         stage.set_defaults(run=_llm_stage)
 
     encoder_help = "minilm | openai:<model> | transformers:<dir> | tuned:encoder_tuned.pt (the fine-tuned one)"
-    base_help = "the pretrained encoder: minilm | transformers:<dir>"
+    base_help = "the pretrained encoder: minilm | transformers:<dir> (| openai:<model> with build --no-fine-tune)"
     for name, run, text in (
         ("embed", _embed, "embed the shipped corpus and out-of-domain texts (cached by encoder and text)"),
         ("fine-tune", _fine_tune, "fine-tune the encoder on the training split (low-rank adapters, organ sets)"),
@@ -172,16 +172,13 @@ def make_parser() -> argparse.ArgumentParser:
         ("build", _build, "the whole offline path from the shipped corpus to the artifacts"),
     ):
         stage = stages.add_parser(name, help=text)
-        _add_artifacts(
-            stage,
-            {"embed": encoder_help, "anchors": encoder_help}.get(name)
-            or (base_help if name in ("fine-tune", "build") else None),
-        )
+        _add_artifacts(stage, {"embed": encoder_help, "anchors": encoder_help, "fine-tune": base_help}.get(name))
         if name in ("train", "build"):
             stage.add_argument("--epochs", type=_positive_int, help="text MLP epochs (default 200)")
         if name in ("fine-tune", "build"):
             stage.add_argument("--fine-tune-epochs", type=_positive_int, help="encoder fine-tuning epochs (default 3)")
         if name == "build":
+            stage.add_argument("--encoder", default="minilm", help=base_help)
             stage.add_argument(
                 "--fine-tune",
                 action=argparse.BooleanOptionalAction,

@@ -198,9 +198,15 @@ def test_the_command_refuses_a_folder_that_is_not_a_model_and_writes_nothing(tmp
 
 def test_the_tuned_encoder_embeds_as_its_adapters_say(tiny_bert, tmp_path):
     spec, out = f"transformers:{tiny_bert}", tmp_path / "encoder_tuned.pt"
-    fine_tune_encoder(spec, TEXTS, targets_of(TEXTS), out, FineTuneSettings(epochs=2, batch_size=8, lr=1e-2, rank=2))
+    settings = FineTuneSettings(epochs=2, batch_size=8, lr=1e-2, rank=2)
+    fine_tune_encoder(spec, TEXTS, targets_of(TEXTS), out, settings)
+    assert 0 < settings.interpolation < 1  # only a share of the learned update is applied
     unmerged = TransformersEncoder(tiny_bert)
-    add_adapters(unmerged.module, rank=2, alpha=16.0)
+    add_adapters(unmerged.module, rank=2, alpha=settings.alpha * settings.interpolation)  # the same share, unmerged
     unmerged.module.load_state_dict(read_tuned_encoder(out)["adapters"], strict=False)
     texts = ["yellow skin", "knee pain with dark urine"]
     np.testing.assert_allclose(TunedEncoder(out).encode(texts), unmerged.encode(texts), atol=1e-5)
+    full = TransformersEncoder(tiny_bert)
+    add_adapters(full.module, rank=2, alpha=settings.alpha)
+    full.module.load_state_dict(read_tuned_encoder(out)["adapters"], strict=False)
+    assert not np.allclose(TunedEncoder(out).encode(texts), full.encode(texts), atol=1e-4)

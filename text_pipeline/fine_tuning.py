@@ -8,7 +8,9 @@ Objective: classification. A linear head with one sigmoid output per organ reads
 embedding and is trained with binary cross-entropy against each text's known organ set (every organ a
 clinician would consider: 1, the others: 0; out-of-domain texts: all 0). The head is thrown away afterwards;
 what is kept is an encoder whose embedding space separates the organs' presentations, and out-of-domain texts
-from all of them, which the anchors, the soft labels and the text MLP are then fitted on.
+from all of them, which the anchors, the soft labels and the text MLP are then fitted on. Only a share of the
+learned update is applied (``interpolation``, 0.5: a point halfway between the pretrained and the tuned weights,
+as in WiSE-FT, Wortsman et al. 2022), which generalised better to texts held out of the tuning.
 
 A run writes a checkpoint after every epoch and resumes from it when started again with the same inputs and
 settings, so a run killed midway loses at most one epoch; the adapters file appears only when training ends

@@ -164,7 +164,7 @@ class SymptomOrganReasoner:
 
     Args:
         network: the trained network (its W_align and image network).
-        text_model_path: the text MLP (``text_mlp_soft.pt``).
+        text_model_path: the text MLP (``text_mlp_calibrated.pt`` by default).
         device: where the network runs.
         max_symptom_words: longer symptoms are refused.
         encoder_cache_dir: embedding cache of the encoder, or None.

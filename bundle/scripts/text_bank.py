@@ -34,8 +34,8 @@ class OrganTextBank:
     alignment learns only W_align on top of its features.
 
     Args:
-        text_model_path: a text MLP saved by ``text_pipeline`` (``text_mlp_soft.pt`` or ``text_mlp_hard.pt``);
-            the encoder it was trained with embeds the texts.
+        text_model_path: a text MLP saved by ``text_pipeline`` (``text_mlp_<labels>.pt``, labels hard, anchors
+            or calibrated); the encoder it was trained with embeds the texts.
         split: corpus split whose texts fill the bank (``"train"``; the test split is for evaluation).
         cache_dir: embedding cache of the encoder (by encoder and text), or None.
         out_of_domain_file: a JSON-lines file of symptoms of none of the organs (``"organs": []``), e.g.

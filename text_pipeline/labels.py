@@ -6,7 +6,7 @@
   consider (:func:`calibrated_labels`).
 
 With a sentence encoder like MiniLM the paper's margin cannot be met, so every anchor label lands in a narrow
-band (0.62-0.77 on the shipped corpus): the labels barely rank the organs, and nothing in them says which
+band (0.62-0.77 on the first shipped corpus): the labels barely rank the organs, and nothing in them says which
 organs a text is about. ``calibrated`` keeps the anchors' graded similarity but rescales it per organ into the
 probability that the organ is among a text's organs (Platt scaling fitted on the training texts, those of no
 organ included), and averages it with the text's ranked known organ set, so that the organs a clinician named

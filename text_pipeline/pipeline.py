@@ -217,15 +217,17 @@ def train_models(
 def score_queries(queries: list[Query], artifacts: Path) -> dict[str, np.ndarray]:
     """Organ probabilities [Q, 7] of each query from the text MLP of every kind of label, with the encoder each
     records."""
-    scores = {}
+    scores, features = {}, {}  # the kinds share their encoder: each encoder embeds the queries once
     for kind in LABEL_KINDS:
         path = artifacts / f"text_mlp_{kind}.pt"
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: run `python -m text_pipeline train` (or build) first")
         model = load_text_model(path).eval()
-        features = torch.from_numpy(embed(queries, artifacts, model.extra["encoder"]))
+        spec = model.extra["encoder"]
+        if spec not in features:
+            features[spec] = torch.from_numpy(embed(queries, artifacts, spec))
         with torch.no_grad():
-            scores[kind] = model.predict_proba(features).numpy()
+            scores[kind] = model.predict_proba(features[spec]).numpy()
     return scores
 
 

@@ -62,15 +62,23 @@ def real_scans(shared: Path) -> dict[str, dict]:
 
 @torch.no_grad()
 def organ_accuracy(network: torch.nn.Module, samples: list[dict]) -> dict:
-    """Per organ present: the share of its samples the network names right, and what it names them."""
+    """Per organ present: the share of its samples the network names right, what it names them, and the main
+    head's softmax for the right organ (mean over its samples)."""
     network.eval()
     images = torch.stack([torch.as_tensor(sample["image"]) for sample in samples])
-    predicted = network.image(images).argmax(dim=1).tolist()
+    softmax = network.image(images).softmax(dim=1)
     named: dict[str, list[str]] = {}
-    for sample, guess in zip(samples, predicted, strict=True):
-        named.setdefault(ORGANS[int(sample["label"])], []).append(ORGANS[guess])
+    right_softmax: dict[str, list[float]] = {}
+    for sample, row in zip(samples, softmax, strict=True):
+        organ = ORGANS[int(sample["label"])]
+        named.setdefault(organ, []).append(ORGANS[int(row.argmax())])
+        right_softmax.setdefault(organ, []).append(float(row[int(sample["label"])]))
     per_organ = {
-        organ: {"accuracy": round(guesses.count(organ) / len(guesses), 4), "named_as": dict(Counter(guesses))}
+        organ: {
+            "accuracy": round(guesses.count(organ) / len(guesses), 4),
+            "named_as": dict(Counter(guesses)),
+            "softmax_right": round(sum(right_softmax[organ]) / len(guesses), 3),
+        }
         for organ, guesses in named.items()
     }
     right = sum(result["accuracy"] == 1.0 for result in per_organ.values())

@@ -33,8 +33,9 @@ TINY = [  # a tiny network on 2 + 1 phantoms: the wiring is under test, not the 
     "batch_size=8",
     "learning_rate=0.001",  # with 2 epochs, enough for the alignment to learn (calibration needs it)
 ]
-PAPER = {  # method.md §5; the paper has no calibrated labels, its full model is our anchor_labels row
+PAPER = {  # method.md §5; the paper has no calibrated labels nor L_text->image, its full model is our anchor_labels row
     "full": ["n/a", "n/a", "n/a", "n/a"],
+    "one_way_alignment": ["n/a", "n/a", "n/a", "n/a"],
     "anchor_labels": ["77.50", "89.64", "94.85", "73.46"],
     "hard_labels": ["74.64", "82.14", "86.42", "67.53"],
     "2d": ["75.00", "86.07", "94.29", "71.53"],
@@ -71,7 +72,7 @@ def test_table_has_every_variant_with_the_papers_numbers_and_ours():
             metrics["ood_auroc"] = 61.5
         rows.append(variant_row(variant, metrics))
     table = table_rows(ablation_table(rows))
-    assert list(table) == ["full", "anchor_labels", "hard_labels", "2d", "3d", "concat"]
+    assert list(table) == ["full", "one_way_alignment", "anchor_labels", "hard_labels", "2d", "3d", "concat"]
     for index, (name, cells) in enumerate(table.items()):
         overrides, ours, paper = cells[0], cells[1:6], cells[6:]
         assert paper == PAPER[name]
@@ -79,6 +80,9 @@ def test_table_has_every_variant_with_the_papers_numbers_and_ours():
         labels = {"hard_labels": "hard", "anchor_labels": "anchors"}.get(name, "calibrated")
         assert f"`text_labels={labels}`" in overrides
     assert "`fusion=cross_attention`" in table["full"][0] and "`fusion=concat`" in table["concat"][0]
+    for name in ("one_way_alignment", "anchor_labels"):  # the paper's loss, L_image + L_align
+        assert "`text_to_image_weight=0`" in table[name][0]
+    assert "text_to_image_weight" not in table["full"][0]
     assert table["3d"][6] == "33.21"
     header = ablation_table(rows).splitlines()[0]
     assert "our OOD AUROC" in header and "paper mAP" in header and "paper OOD AUROC" not in header

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from conftest import BUNDLE, TEXT_EMBEDDINGS
 from scripts.calibration import fit_organ_probability
-from scripts.losses import AlignmentLoss, MedSORALoss, alignment_logits, avg_sim
+from scripts.losses import (
+    AlignmentLoss,
+    MedSORALoss,
+    TextToImageLoss,
+    alignment_logits,
+    avg_sim,
+    organ_image_prototypes,
+)
 from scripts.networks import MedSORAImageNet, MedSORANet
 from scripts.text_bank import OrganTextBank, PrepareBatchWithOrganTexts
 
@@ -63,6 +70,56 @@ def test_out_of_domain_texts_are_extra_negatives_one_each():
     assert with_others > AlignmentLoss(0.1)(slices, texts, organ)  # more negatives, more to lose
 
 
+def test_organ_image_prototypes_are_the_unit_mean_of_each_organs_samples():
+    generator = torch.Generator().manual_seed(3)
+    slices, organ = torch.randn(5, 4, 16, generator=generator), torch.tensor([6, 2, 6, 6, 2])
+    present, prototypes = organ_image_prototypes(slices, organ)
+    assert present.tolist() == [2, 6]
+    per_sample = F.normalize(slices, dim=-1).mean(dim=1)
+    assert torch.allclose(prototypes[0], F.normalize(per_sample[[1, 4]].mean(dim=0), dim=0), atol=1e-6)
+    assert torch.allclose(prototypes[1], F.normalize(per_sample[[0, 2, 3]].mean(dim=0), dim=0), atol=1e-6)
+
+
+def test_text_to_image_loss_asks_each_text_for_its_own_organ_among_the_batchs():
+    generator = torch.Generator().manual_seed(4)
+    prototypes = F.normalize(torch.randn(7, 16, generator=generator), dim=-1)
+    organ = torch.tensor([0, 3, 5, 3])
+    slices = prototypes[organ][:, None, :].repeat(1, 2, 1)
+    texts = prototypes[:, None, :].repeat(1, 3, 1) + 0.05 * torch.randn(7, 3, 16, generator=generator)
+    loss = TextToImageLoss(temperature=0.3)
+    assert loss(slices, texts, organ) < 0.5 * loss(slices, texts.roll(1, dims=0), organ)
+    # by hand: the 9 texts of organs 0, 3, 5 (the batch's) against those organs' unit mean slice features
+    batch = F.normalize(torch.stack([slices[organ == o].mean(dim=(0, 1)) for o in (0, 3, 5)]), dim=-1)
+    logits = F.normalize(texts[[0, 3, 5]], dim=-1).reshape(9, 16) @ batch.T / 0.3
+    expected = F.cross_entropy(logits, torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]))
+    assert torch.isclose(loss(slices, texts, organ), expected, atol=1e-6)
+    # texts of organs missing from the batch take no part
+    other = texts.clone()
+    other[[1, 2, 4, 6]] = torch.randn(4, 3, 16, generator=generator)
+    assert torch.isclose(loss(slices, other, organ), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        TextToImageLoss(temperature=-1.0)
+
+
+def test_text_to_image_loss_targets_each_texts_soft_labels_over_the_batchs_organs():
+    generator = torch.Generator().manual_seed(5)
+    slices, texts = torch.randn(4, 2, 16, generator=generator), torch.randn(7, 3, 16, generator=generator)
+    organ = torch.tensor([1, 4, 4, 6])
+    labels = torch.rand(7, 3, 7, generator=generator)
+    loss = TextToImageLoss(temperature=0.3)
+    _, batch = organ_image_prototypes(slices, organ)
+    logits = F.normalize(texts[[1, 4, 6]], dim=-1).reshape(9, 16) @ batch.T / 0.3
+    target = labels[[1, 4, 6]][..., [1, 4, 6]].reshape(9, 3)
+    expected = -(target / target.sum(dim=1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    assert torch.isclose(loss(slices, texts, organ, labels), expected, atol=1e-6)
+    # one-hot soft labels are the hard target; a text that is none of the batch's organs asks nothing
+    one_hot = torch.eye(7)[:, None, :].repeat(1, 3, 1)
+    assert torch.isclose(loss(slices, texts, organ, one_hot), loss(slices, texts, organ), atol=1e-6)
+    one_hot[4] = torch.eye(7)[0]  # organ 4's texts now name only the liver, absent from the batch
+    kept = F.cross_entropy(logits[[0, 1, 2, 6, 7, 8]], torch.tensor([0, 0, 0, 2, 2, 2]))
+    assert torch.isclose(loss(slices, texts, organ, one_hot), kept, atol=1e-6)
+
+
 def test_forward_with_texts_returns_what_the_total_loss_needs():
     net = tiny_net().train()
     x, texts = torch.rand(2, 1, 32, 32, 8), torch.randn(7, 5, 24)
@@ -90,6 +147,23 @@ def test_total_loss_is_image_plus_alignment_and_trains_w_align():
     assert net.align.weight.grad is not None and net.align.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="organ_texts"):
         MedSORALoss()({"fusion": out["fusion"]}, organ)
+
+
+def test_total_loss_adds_the_weighted_text_to_image_term_and_returns_its_terms():
+    net = tiny_net().train()
+    x, organ, texts = torch.rand(3, 1, 32, 32, 8), torch.tensor([0, 3, 3]), torch.randn(7, 5, 24)
+    out = net(x, texts)
+    paper = MedSORALoss(temperature=0.1)(out, organ, return_terms=True)
+    assert set(paper) == {"loss", "image", "align"}
+    ours = MedSORALoss(temperature=0.1, text_to_image_weight=0.5, text_to_image_temperature=0.3)(
+        out, organ, return_terms=True
+    )
+    text_to_image = TextToImageLoss(0.3)(out["slice_features"], out["text_features"], organ)
+    assert torch.isclose(ours["text_to_image"], text_to_image)
+    assert torch.isclose(ours["loss"], paper["loss"] + 0.5 * text_to_image)
+    assert torch.isclose(paper["loss"], paper["image"] + paper["align"])
+    with pytest.raises(ValueError, match="text_to_image_weight"):
+        MedSORALoss(text_to_image_weight=-0.1)
 
 
 def test_frozen_image_network_leaves_only_w_align_to_train():
@@ -156,11 +230,15 @@ def test_prepare_batch_draws_texts_per_organ_in_training_and_fixed_ones_in_valid
     image, label, args, kwargs = PrepareBatchWithOrganTexts(bank, texts_per_organ=4, other_texts=5)(batch)
     assert image.shape == (2, 1, 32, 32, 8) and label.tolist() == [0, 1] and args == ()
     assert kwargs["organ_texts"].shape == (len(ORGANS), 4, 256) and kwargs["other_texts"].shape == (5, 256)
+    assert kwargs["organ_text_labels"].shape == (len(ORGANS), 4, len(ORGANS))
     assert "other_texts" not in PrepareBatchWithOrganTexts(bank, texts_per_organ=4)(batch)[3]
-    for organ, drawn in enumerate(kwargs["organ_texts"]):  # every drawn text is one of that organ's texts
+    for organ, (drawn, labels) in enumerate(zip(kwargs["organ_texts"], kwargs["organ_text_labels"])):
+        # every drawn text is one of that organ's texts, and its soft labels are the text MLP's probabilities of it
         assert (drawn[:, None] == bank.features[organ][None]).all(dim=-1).any(dim=1).all()
+        assert torch.allclose(labels, torch.sigmoid(bank.text_model.head(drawn)), atol=1e-6)
     fixed = PrepareBatchWithOrganTexts(bank, texts_per_organ=4, random=False)
     assert torch.equal(fixed(batch)[3]["organ_texts"], fixed(batch)[3]["organ_texts"])
+    assert torch.equal(fixed(batch)[3]["organ_text_labels"], bank.first(4)[1])
     with pytest.raises(ValueError, match="texts_per_organ must lie in 1.."):
         PrepareBatchWithOrganTexts(bank, texts_per_organ=10_000)
 

@@ -58,7 +58,10 @@ def phantom_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, phantom_dir) -> tuple[Path, subprocess.CompletedProcess]:
     run_dir = tmp_path_factory.mktemp("run")
-    return run_dir, run_bundle(*bundle_command("training", [TRAIN], run_dir, phantom_dir, num_epochs=5))
+    # no alignment refinement: model.pt stays the best validation's weights, which the evaluating test checks;
+    # test_alignment_alone_... below runs it, as do tests/test_refinement.py and tests/test_multi_gpu.py
+    command = bundle_command("training", [TRAIN], run_dir, phantom_dir, num_epochs=5, refinement_steps=0)
+    return run_dir, run_bundle(*command)
 
 
 @pytest.mark.slow
@@ -104,11 +107,14 @@ def test_alignment_alone_trains_w_align_on_the_frozen_image_model(trained, phant
         "training", [TRAIN], tmp_path, phantom_dir, num_epochs=2, train_image_model=False,
         pretrained_model_path=run_dir / "models" / "model.pt",
     )  # fmt: skip
-    run_bundle(*command)
+    result = run_bundle(*command)
     aligned = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     image_keys = [key for key in pretrained if key.startswith("image.")]
     assert image_keys and all(torch.equal(aligned[key], pretrained[key]) for key in image_keys)
     assert not torch.equal(aligned["align.weight"], pretrained["align.weight"])
+    # then the alignment refinement (on by default) refined and marked the weights the run chose
+    assert bool(aligned["alignment_refined"]) and not bool(pretrained["alignment_refined"])
+    assert "alignment refinement: 900 steps of W_align" in result.stdout + result.stderr
 
 
 @pytest.mark.slow

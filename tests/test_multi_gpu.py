@@ -98,15 +98,29 @@ def test_every_rank_fits_the_organ_probabilities_on_all_validation_samples(train
     assert records[0]["metrics"] == records[1]["metrics"]  # the same fit, to the bit
     assert all(torch.equal(records[0]["buffers"][key], records[1]["buffers"][key]) for key in records[0]["buffers"])
 
-    saved = weights(trained / "models" / "model.pt")
-    assert bool(saved["probability_fitted"])
+    # the weights as validation left them (1 epoch: the chosen ones), before the alignment refinement
+    (final,) = (trained / "models").glob("checkpoint_final_iteration=*.pt")
+    validated = trained / "validated.pt"
+    torch.save(weights(final)["model"], validated)
+    saved = weights(validated)
+    assert bool(saved["probability_fitted"]) and not bool(saved["alignment_refined"])
     scale, bias = float(saved["probability_scale"]), float(saved["probability_bias"])
     fitted = (records[0]["metrics"]["probability_scale"], records[0]["metrics"]["probability_bias"])
     assert (scale, bias) == pytest.approx(fitted, rel=1e-6)  # the buffers are float32
-    expected = single_process_fit(shared, trained / "models" / "model.pt")
+    expected = single_process_fit(shared, validated)
     assert (scale, bias) == pytest.approx(expected, rel=1e-4)  # summed in another order, in other batches
-    rank0_share = single_process_fit(shared, trained / "models" / "model.pt", slice(0, None, 2))
+    rank0_share = single_process_fit(shared, validated, slice(0, None, 2))
     assert not np.allclose((scale, bias), rank0_share, rtol=1e-2)  # the test tells a share's fit from the full one
+
+
+def test_rank_0_refines_the_alignment_once_training_is_done(trained, shared):
+    (final,) = (trained / "models").glob("checkpoint_final_iteration=*.pt")
+    validated, refined = weights(final)["model"], weights(trained / "models" / "model.pt")
+    assert bool(refined["alignment_refined"]) and bool(refined["probability_fitted"])
+    assert not torch.equal(refined["align.weight"], validated["align.weight"])
+    assert all(torch.equal(refined[key], value) for key, value in validated.items() if key.startswith("image."))
+    refit = (float(refined["probability_scale"]), float(refined["probability_bias"]))
+    assert refit == pytest.approx(single_process_fit(shared, trained / "models" / "model.pt"), rel=1e-4)
 
 
 def test_a_resumed_run_keeps_model_pt_when_no_validation_beats_the_record(trained, shared, tmp_path):

@@ -18,8 +18,9 @@ METRIC_TITLES = {"rank1": "Rank-1", "rank2": "Rank-2", "rank3": "Rank-3", "mAP":
 PAPER_NOTE = (
     "The paper's numbers come from its private symptom corpus with BTCV images; ours come from this "
     "repository's corpus and the data above, so the columns are not expected to match. The paper's full model "
-    "is our `anchor_labels` row (its anchor soft labels); our `full` row uses the calibrated labels, which the "
-    "paper does not have (n/a)."
+    "is our `anchor_labels` row (its anchor soft labels and its loss, L_image + L_align); our `full` row uses the "
+    "calibrated labels and L_text->image, which the paper does not have (n/a), and `one_way_alignment` is `full` "
+    "without L_text->image."
 )
 
 

@@ -3,9 +3,10 @@
     python bundle/scripts/ablations.py --output_dir bundle/eval/ablations [--num_epochs N] [--seed S]
         [--variants full,anchor_labels,hard_labels,2d,3d,concat] [--set key=value ...] [--queries_file SOURCE ...]
 
-Every variant is a set of config overrides of bundle/configs/train.yaml (``full``: the calibrated labels and
-cross-attention fusion, the bundle's default; ``anchor_labels``: the paper's anchor soft labels, the paper's full
-model; ``hard_labels``: the one-hot text MLP; ``2d``, ``3d``, ``concat``: another fusion).
+Every variant is a set of config overrides of bundle/configs/train.yaml (``full``: the calibrated labels,
+cross-attention fusion and L_text->image, the bundle's default; ``one_way_alignment``: the same without
+L_text->image; ``anchor_labels``: the paper's anchor soft labels and its loss, the paper's full model;
+``hard_labels``: the one-hot text MLP; ``2d``, ``3d``, ``concat``: another fusion).
 For each one, in ``output_dir/<variant>/``, the script runs
 
     python -m monai.bundle run training   ... --ckpt_dir <variant>/models --output_dir <variant>/eval
@@ -75,6 +76,7 @@ RESERVED_IDS = {  # ids the script sets itself, with the option to use instead
     "num_epochs": "use --num_epochs",
     "fusion": "it defines the variants; choose them with --variants",
     "text_labels": "it defines the variants; choose them with --variants",
+    "text_to_image_weight": "it defines the variants; choose them with --variants",
     "config_file": "the script runs bundle/configs/train.yaml (and evaluate.yaml)",
 }
 LOG_TAIL_LINES = 25
@@ -103,7 +105,12 @@ def _paper(rank1: float, rank2: float, rank3: float, mean_ap: float) -> dict[str
 VARIANTS: tuple[Variant, ...] = (
     Variant("full", {"text_labels": "calibrated", "fusion": "cross_attention"}, {}),
     Variant(
-        "anchor_labels", {"text_labels": "anchors", "fusion": "cross_attention"}, _paper(77.50, 89.64, 94.85, 73.46)
+        "one_way_alignment", {"text_labels": "calibrated", "fusion": "cross_attention", "text_to_image_weight": "0"}, {}
+    ),
+    Variant(
+        "anchor_labels",
+        {"text_labels": "anchors", "fusion": "cross_attention", "text_to_image_weight": "0"},
+        _paper(77.50, 89.64, 94.85, 73.46),
     ),
     Variant("hard_labels", {"text_labels": "hard", "fusion": "cross_attention"}, _paper(74.64, 82.14, 86.42, 67.53)),
     Variant("2d", {"text_labels": "calibrated", "fusion": "2d"}, _paper(75.00, 86.07, 94.29, 71.53)),

@@ -21,7 +21,7 @@ from ignite.engine import Engine, Events
 from sklearn.linear_model import LogisticRegression
 
 from scripts.networks import MedSORANet
-from scripts.reasoning import OrganFeatureAccumulator
+from scripts.reasoning import OrganFeatureAccumulator, OrganFeatures
 from scripts.text_bank import OrganTextBank
 from text_pipeline.organs import ORGANS
 
@@ -66,6 +66,32 @@ def fit_organ_probability(evidence: np.ndarray, labels: np.ndarray) -> tuple[flo
     scale, bias = float(model.coef_[0, 0]), float(model.intercept_[0])
     if scale <= 0:
         raise ValueError(f"fitted probability scale {scale:.4g} is not positive: the alignment has not learned")
+    return scale, bias
+
+
+@torch.no_grad()
+def fit_network_probability(model: MedSORANet, organs: OrganFeatures, bank: OrganTextBank) -> tuple[float, float]:
+    """Platt-scale ``model``'s organ probability on every text of ``bank`` against the organ features ``organs``:
+    set its ``probability_scale``, ``probability_bias`` and ``probability_fitted``, and return (a, b).
+
+    Raises:
+        ValueError: no organ has features, or :func:`fit_organ_probability` fails; ``probability_fitted`` is
+            then False.
+    """
+    texts = torch.cat([bank.all_features, bank.other_features])
+    labels = torch.cat([bank.organ_labels, torch.zeros(len(bank.other_features), len(ORGANS))])
+    projected = model.project_texts(texts.to(model.align.weight.device)).float().cpu()
+    evidence = projected @ organs.features[organs.present].T
+    try:
+        if not bool(organs.present.any()):
+            raise ValueError("no validation organ samples")
+        scale, bias = fit_organ_probability(evidence.numpy(), labels[:, organs.present].numpy())
+    except ValueError:
+        model.probability_fitted.fill_(False)
+        raise
+    model.probability_scale.fill_(scale)
+    model.probability_bias.fill_(bias)
+    model.probability_fitted.fill_(True)
     return scale, bias
 
 
@@ -124,16 +150,9 @@ class FitOrganProbability:
         main = not _distributed() or dist.get_rank() == 0
         model = self._model
         engine.state.metrics["probability_fit_samples"] = int(organs.counts.sum())
-        texts = torch.cat([self.bank.all_features, self.bank.other_features])
-        labels = torch.cat([self.bank.organ_labels, torch.zeros(len(self.bank.other_features), len(ORGANS))])
-        projected = model.project_texts(texts.to(model.align.weight.device)).float().cpu()
-        evidence = projected @ organs.features[organs.present].T
         try:
-            if not bool(organs.present.any()):
-                raise ValueError("no validation organ samples")
-            scale, bias = fit_organ_probability(evidence.numpy(), labels[:, organs.present].numpy())
+            scale, bias = fit_network_probability(model, organs, self.bank)
         except ValueError as error:
-            model.probability_fitted.fill_(False)
             if main:
                 logger.warning(
                     "epoch %d: organ probabilities not fitted, weights saved now cannot score symptoms: %s",
@@ -141,9 +160,6 @@ class FitOrganProbability:
                     error,
                 )
             return
-        model.probability_scale.fill_(scale)
-        model.probability_bias.fill_(bias)
-        model.probability_fitted.fill_(True)
         engine.state.metrics["probability_scale"], engine.state.metrics["probability_bias"] = scale, bias
         if main:
             logger.info(

@@ -25,10 +25,12 @@ class OrganTextBank:
     ``features[i]`` holds the f_bar of organ i's texts [N_i, d_txt], the InfoNCE positives of organ i: with
     ``positives="organ_set"`` every text whose known organ set names organ i (a text of jaundice counts for the
     liver, the gallbladder and the pancreas alike: the one-to-many knowledge of the corpus reaches W_align), with
-    ``"source"`` only the texts expanded from organ i's passages. ``all_features`` [N, d_txt] and
-    ``organ_labels`` [N, O] (multi-hot: every organ a text names as related) are all the texts, for fitting the
-    organ probabilities; ``other_features`` [M, d_txt] are the out-of-domain texts (symptoms of no organ), empty
-    without ``out_of_domain_file``.
+    ``"source"`` only the texts expanded from organ i's passages. ``soft_labels[i]`` [N_i, O] are those texts' soft
+    labels: the text MLP's organ probabilities, sigmoid(head(f_bar)), the targets of ``L_text->image``
+    (``scripts.losses.TextToImageLoss``). ``all_features`` [N, d_txt] and ``organ_labels`` [N, O] (multi-hot:
+    every organ a text names as related) are all the texts, for fitting the organ probabilities;
+    ``other_features`` [M, d_txt] are the out-of-domain texts (symptoms of no organ), empty without
+    ``out_of_domain_file``.
 
     The text MLP is frozen: it was trained offline on the corpus (``python -m text_pipeline build``), and
     alignment learns only W_align on top of its features.
@@ -56,6 +58,7 @@ class OrganTextBank:
         self.text_model, encoder = load_text_model_and_encoder(text_model_path, cache_dir)
         queries = read_corpus(split)
         f_bar = self._f_bar(encoder, [query.text for query in queries])
+        soft_labels = torch.sigmoid(self.text_model.head(f_bar)).detach()
         self.all_features = f_bar
         self.organ_labels = organ_sets(queries)
         if positives == "source":
@@ -63,6 +66,7 @@ class OrganTextBank:
         else:
             of_organ = self.organ_labels.bool()
         self.features = [f_bar[of_organ[:, index]] for index in range(len(ORGANS))]
+        self.soft_labels = [soft_labels[of_organ[:, index]] for index in range(len(ORGANS))]
         empty = [organ for organ, features in zip(ORGANS, self.features) if not len(features)]
         if empty:
             raise ValueError(f"the corpus {split} split has no text of {', '.join(empty)}: alignment needs every organ")
@@ -90,16 +94,24 @@ class OrganTextBank:
         """d_txt, the width of f_bar."""
         return self.features[0].shape[1]
 
-    def sample(self, texts_per_organ: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """f_bar of ``texts_per_organ`` texts drawn at random (without replacement) for each organ, [O, K, d_txt]."""
+    def sample(
+        self, texts_per_organ: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``texts_per_organ`` texts drawn at random (without replacement) for each organ: their f_bar
+        [O, K, d_txt] and soft labels [O, K, O]."""
         self._check_count(texts_per_organ)
         drawn = [torch.randperm(len(features), generator=generator)[:texts_per_organ] for features in self.features]
-        return torch.stack([features[indices] for features, indices in zip(self.features, drawn)])
+        return self._gather(drawn)
 
-    def first(self, texts_per_organ: int) -> torch.Tensor:
-        """f_bar of each organ's first ``texts_per_organ`` texts in corpus order, [O, K, d_txt]: the same every call."""
+    def first(self, texts_per_organ: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each organ's first ``texts_per_organ`` texts in corpus order, as :meth:`sample`: the same every call."""
         self._check_count(texts_per_organ)
-        return torch.stack([features[:texts_per_organ] for features in self.features])
+        return self._gather([torch.arange(texts_per_organ)] * len(self.features))
+
+    def _gather(self, drawn: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.stack([features[indices] for features, indices in zip(self.features, drawn)])
+        labels = torch.stack([labels[indices] for labels, indices in zip(self.soft_labels, drawn)])
+        return features, labels
 
     def other(self, count: int, random: bool = True) -> torch.Tensor:
         """f_bar of ``count`` out-of-domain texts, drawn at random or the first ones, [count, d_txt]."""
@@ -118,7 +130,7 @@ class OrganTextBank:
 
 class PrepareBatchWithOrganTexts(PrepareBatch):
     """A MONAI ``prepare_batch`` that passes K texts per organ to the network as ``organ_texts`` [O, K, d_txt],
-    and M out-of-domain texts as ``other_texts`` [M, d_txt].
+    their soft labels as ``organ_text_labels`` [O, K, O] and M out-of-domain texts as ``other_texts`` [M, d_txt].
 
     Training draws new texts every iteration (from torch's global generator, seeded by ``set_determinism``);
     validation uses the same texts every time, so that its metrics compare across epochs.
@@ -144,8 +156,8 @@ class PrepareBatchWithOrganTexts(PrepareBatch):
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict[str, torch.Tensor]]:
         image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
-        texts = self.bank.sample(self.texts_per_organ) if self.random else self.bank.first(self.texts_per_organ)
-        extra = {"organ_texts": texts}
+        texts, labels = self.bank.sample(self.texts_per_organ) if self.random else self.bank.first(self.texts_per_organ)
+        extra = {"organ_texts": texts, "organ_text_labels": labels}
         if self.other_texts:
             extra["other_texts"] = self.bank.other(self.other_texts, self.random)
         return (

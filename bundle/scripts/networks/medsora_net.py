@@ -25,12 +25,15 @@ class MedSORANet(nn.Module):
     ``"slice_features"`` [B, D, d_img], ``"text_features"`` [O, K, d_img] (= W_align f_bar) and, in
     training mode, every trained head's logits for L_image. Both inputs go through ``forward`` so that
     DistributedDataParallel sees every parameter used. ``forward(x, organ_texts, other_texts)`` adds
-    ``"other_text_features"`` [M, d_img], the projected out-of-domain texts.
+    ``"other_text_features"`` [M, d_img], the projected out-of-domain texts; ``organ_text_labels``, the soft
+    labels of ``organ_texts`` [O, K, O], are handed on unchanged as ``"organ_text_labels"``, for the loss.
 
     ``probability_scale`` and ``probability_bias`` (buffers a and b, saved with the weights) turn the
     evidence f_hat . g_i of a symptom for organ i into a probability sigmoid(a f_hat . g_i + b); they are
     fitted after each validation (``scripts.calibration.FitOrganProbability``), not by gradient descent;
-    ``probability_fitted`` says whether they were.
+    ``probability_fitted`` says whether they were. ``alignment_refined`` says whether W_align was refined on the
+    frozen image network after training (``scripts.refinement``), which is done once per ``model.pt``; a forward
+    pass in training mode clears it (the weights are being trained again).
 
     Args:
         image_network: the image network.
@@ -50,6 +53,7 @@ class MedSORANet(nn.Module):
         self.register_buffer("probability_scale", torch.tensor(1.0))
         self.register_buffer("probability_bias", torch.tensor(0.0))
         self.register_buffer("probability_fitted", torch.tensor(False))
+        self.register_buffer("alignment_refined", torch.tensor(False))
 
     @property
     def feature_size(self) -> int:
@@ -66,7 +70,11 @@ class MedSORANet(nn.Module):
         return self.align(text_features)
 
     def forward(
-        self, x: torch.Tensor, organ_texts: torch.Tensor | None = None, other_texts: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        organ_texts: torch.Tensor | None = None,
+        other_texts: torch.Tensor | None = None,
+        organ_text_labels: torch.Tensor | None = None,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """
         Args:
@@ -74,7 +82,10 @@ class MedSORANet(nn.Module):
             organ_texts: optional f_bar of K texts per organ, [O, K, d_txt].
             other_texts: optional f_bar of M out-of-domain texts, [M, d_txt] (projected into
                 ``"other_text_features"``, negatives of the alignment loss).
+            organ_text_labels: optional soft labels of ``organ_texts``, [O, K, O], for the loss.
         """
+        if self.training:
+            self.alignment_refined.fill_(False)
         if organ_texts is None:
             return self.image(x)
         heads, slice_features = self.image.heads_and_features(x)
@@ -86,4 +97,6 @@ class MedSORANet(nn.Module):
         )
         if other_texts is not None:
             output["other_text_features"] = self.project_texts(other_texts)
+        if organ_text_labels is not None:
+            output["organ_text_labels"] = organ_text_labels
         return output

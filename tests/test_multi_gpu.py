@@ -96,13 +96,15 @@ def test_every_rank_fits_the_organ_probabilities_on_all_validation_samples(train
     for record in records:  # each rank validated a share (4 and 3 samples), the fit saw all of them
         assert record["metrics"]["probability_fit_samples"] == VALIDATION_SAMPLES
     assert records[0]["metrics"] == records[1]["metrics"]  # the same fit, to the bit
-    assert all(torch.equal(records[0]["buffers"][key], records[1]["buffers"][key]) for key in records[0]["buffers"])
 
-    # the weights as validation left them (1 epoch: the chosen ones), before the alignment refinement
+    # the weights as validation left them (1 epoch: the chosen ones), before rank 0's alignment refinement
     (final,) = (trained / "models").glob("checkpoint_final_iteration=*.pt")
     validated = trained / "validated.pt"
     torch.save(weights(final)["model"], validated)
     saved = weights(validated)
+    assert all(torch.equal(saved[key], value) for key, value in records[1]["buffers"].items())  # rank 1's too
+    refined = weights(trained / "models" / "model.pt")
+    assert all(torch.equal(refined[key], value) for key, value in records[0]["buffers"].items())
     assert bool(saved["probability_fitted"]) and not bool(saved["alignment_refined"])
     scale, bias = float(saved["probability_scale"]), float(saved["probability_bias"])
     fitted = (records[0]["metrics"]["probability_scale"], records[0]["metrics"]["probability_bias"])

@@ -20,7 +20,8 @@ PAPER_NOTE = (
     "repository's corpus and the data above, so the columns are not expected to match. The paper's full model "
     "is our `anchor_labels` row (its anchor soft labels and its loss, L_image + L_align); our `full` row uses the "
     "calibrated labels and L_text->image, which the paper does not have (n/a), and `one_way_alignment` is `full` "
-    "without L_text->image."
+    "without L_text->image. Every row ends with this bundle's alignment refinement (W_align alone on the frozen "
+    "image network, with the row's loss)."
 )
 
 

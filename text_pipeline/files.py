@@ -40,7 +40,15 @@ def write_json_atomically(path: str | Path, content: Any) -> Path:
 
 
 def write_torch_atomically(path: str | Path, content: Any) -> Path:
-    """``torch.save`` ``content`` (tensors and plain containers, loadable with ``weights_only=True``), atomically."""
+    """``torch.save`` ``content`` (tensors and plain containers, loadable with ``weights_only=True``), atomically.
+
+    The same content gives the same bytes: ``torch.save`` names the folder inside its archive after a file path
+    it is given (here the random temporary name), so it is given an open file instead.
+    """
     import torch
 
-    return write_atomically(path, lambda tmp: torch.save(content, tmp))
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as file:
+            torch.save(content, file)
+
+    return write_atomically(path, save)

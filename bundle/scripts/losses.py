@@ -55,6 +55,13 @@ def avg_sim(slice_features: torch.Tensor, text_features: torch.Tensor) -> torch.
     return image @ text.T
 
 
+def positive_temperature(temperature: float) -> float:
+    """``temperature`` (tau of a contrastive loss), or an error if it is not positive."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return temperature
+
+
 def alignment_logits(
     slice_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -90,9 +97,7 @@ class AlignmentLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
+        self.temperature = positive_temperature(temperature)
 
     def forward(
         self,
@@ -151,9 +156,7 @@ class TextToImageLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.3) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
+        self.temperature = positive_temperature(temperature)
 
     def forward(
         self,

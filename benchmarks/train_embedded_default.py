@@ -33,7 +33,7 @@ def main() -> None:
         command = [sys.executable, "-m", "monai.bundle", "run", "training"]
         command += [
             "--config_file",
-            "bundle/configs/train.yaml",
+            "configs/train.yaml",
             "--ckpt_dir",
             f"{tmp}/models",
             "--output_dir",
@@ -43,7 +43,7 @@ def main() -> None:
             command += ["--phantom_dir", f"{tmp}/phantom"]
         command += args.overrides
         start = time.perf_counter()
-        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        result = subprocess.run(command, cwd=REPO / "bundle", capture_output=True, text=True)
         wall = time.perf_counter() - start
         if result.returncode != 0:
             sys.exit(f"training failed:\n{result.stderr[-4000:]}")

@@ -26,7 +26,7 @@ atexit.register(shutil.rmtree, TEXT_EMBEDDINGS, True)
 if str(BUNDLE) not in sys.path:
     sys.path.insert(0, str(BUNDLE))
 
-from text_pipeline.organs import organ_lookup_table  # noqa: E402
+from scripts.label_conventions import organ_lookup_table  # noqa: E402
 
 SMALL_NETWORK = {  # a small network and few phantoms, for tests of the wiring rather than of the model's skill
     "image_size": [32, 32, 8],
@@ -56,16 +56,19 @@ def bundle_parser(*config_files: str, **overrides) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config([str(BUNDLE / "configs" / name) for name in ("train.yaml", *config_files)])
     parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
-    parser.update({"text_embedding_cache": str(TEXT_EMBEDDINGS), **overrides})
+    parser.update({"bundle_root": str(BUNDLE), "text_embedding_cache": str(TEXT_EMBEDDINGS), **overrides})
     return parser
 
 
+INFERENCE_CONFIGS = "['configs/train.yaml','configs/inference.yaml']"  # inferring's --config_file, in the bundle
+
+
 def inference_parser(**overrides) -> ConfigParser:
-    """A parser of the bundle's inference.yaml, as `python -m monai.bundle run inferring` reads it."""
+    """A parser of the bundle's inference configs (train.yaml, then inference.yaml), as `inferring` reads them."""
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.yaml"))
+    parser.read_config([str(BUNDLE / "configs" / name) for name in ("train.yaml", "inference.yaml")])
     parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
-    parser.update(overrides)
+    parser.update({"bundle_root": str(BUNDLE), **overrides})
     return parser
 
 
@@ -73,6 +76,14 @@ def inference_parser(**overrides) -> ConfigParser:
 def preprocessing():
     """The bundle's per-scan preprocessing, exactly as train.yaml declares it."""
     return bundle_parser().get_parsed_content("preprocessing")
+
+
+def infer_on_scan(inference, image, label, label_convention, output_dir, symptom=None, queries_file=None) -> dict:
+    """``inferring`` in process: the symptom or queries of a run, read and checked as ``run()`` does, on one scan."""
+    from scripts.inference import read_symptoms
+
+    symptoms = read_symptoms(symptom, queries_file, inference.reasoner)
+    return inference.infer({"image": image, "label": label, "convention": label_convention}, symptoms, output_dir)
 
 
 def write_queries(path: Path, texts: list[str]) -> Path:
@@ -116,7 +127,6 @@ def tiny_bert_dir(folder: Path) -> Path:
 
 
 def run_inferring(*arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run inferring`` with the bundle's inference config, from the repository root."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "inferring"]
-    command += ["--config_file", "bundle/configs/inference.yaml", *arguments]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    """``python -m monai.bundle run inferring`` with the bundle's inference configs, from the bundle's folder."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", INFERENCE_CONFIGS, *arguments]
+    return subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=timeout)

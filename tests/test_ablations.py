@@ -171,7 +171,7 @@ def test_script_trains_and_evaluates_two_variants_into_one_table(tmp_path):
         "num_phantom_train": 2,
         "num_phantom_val": 1,
     }
-    assert report["queries"]["queries_file"] == ["corpus:test", "text_pipeline/data/ood_queries.jsonl"]
+    assert report["queries"]["queries_file"] == ["corpus:test", "corpus:ood"]
     assert f"{report['queries']['n_queries']} queries, {report['queries']['n_out_of_domain']} of them" in markdown
     assert "- seed: 0" in markdown and "- num_epochs: 2" in markdown and "not expected to match" in markdown
     assert re.search(r"monai\.bundle run evaluating .*--fusion=2d", markdown)

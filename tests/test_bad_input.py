@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import BUNDLE
 from scripts.data import ScanError, organ_samples, resolve_datalist
 from scripts.phantom import generate_phantom
 
@@ -123,9 +123,9 @@ def test_training_run_on_bad_input_stops_before_writing_anything(tmp_path, phant
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"training": [good, bad], "validation": [good]}))
     outputs = tmp_path / "models", tmp_path / "eval"
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.yaml"]
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
     command += ["--datalist", str(datalist), "--ckpt_dir", str(outputs[0]), "--output_dir", str(outputs[1])]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert f"cannot preprocess scan {bad['image']}" in result.stderr
     assert "does not look like a CT in Hounsfield units" in result.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, REPO, SMALL_NETWORK, TEXT_EMBEDDINGS
+from conftest import BUNDLE, SMALL_NETWORK, TEXT_EMBEDDINGS
 from scripts.networks import MedSORAImageNet, MedSORANet
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -21,7 +21,7 @@ from text_pipeline.corpus import OOD_QUERIES, read_corpus, read_queries, read_qu
 from text_pipeline.metrics import evaluate_scores
 from text_pipeline.organs import ORGANS
 
-TRAIN = "bundle/configs/train.yaml"
+TRAIN = "configs/train.yaml"
 SMALL = {**SMALL_NETWORK, "num_phantom_train": 3, "num_phantom_val": 1, "learning_rate": 0.001, "num_workers": 2}
 ITERATIONS_PER_EPOCH = 3  # 3 phantoms x 7 organs = 21 samples in batches of 8
 
@@ -35,7 +35,7 @@ def bundle_command(run_id: str, config_files: list[str], run_dir: Path, phantom_
 
 
 def run_bundle(*args, timeout: int = 300, launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.CompletedProcess:
-    result = subprocess.run([*launcher, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([*launcher, *args], cwd=BUNDLE, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result
 
@@ -120,7 +120,7 @@ def test_alignment_alone_trains_w_align_on_the_frozen_image_model(trained, phant
 @pytest.mark.slow
 def test_evaluate_config_scores_the_best_weights(trained, phantom_dir):
     run_dir, _ = trained
-    configs = [TRAIN, "bundle/configs/evaluate.yaml"]
+    configs = [TRAIN, "configs/evaluate.yaml"]
     eval_dir = run_dir / "evaluate"
     result = run_bundle(*bundle_command("evaluating", configs, run_dir, phantom_dir, output_dir=eval_dir))
     assert "per-organ evaluation results" in result.stdout
@@ -137,9 +137,9 @@ def test_evaluate_config_scores_the_best_weights(trained, phantom_dir):
 @pytest.mark.slow
 def test_evaluating_symptoms_with_out_of_domain_queries(trained, phantom_dir, tmp_path):
     run_dir, _ = trained
-    queries = ["corpus:test", "text_pipeline/data/ood_queries.jsonl"]
+    queries = ["corpus:test", "corpus:ood"]
     command = bundle_command(
-        "evaluating", [TRAIN, "bundle/configs/evaluate.yaml"], run_dir, phantom_dir, output_dir=tmp_path,
+        "evaluating", [TRAIN, "configs/evaluate.yaml"], run_dir, phantom_dir, output_dir=tmp_path,
         queries_file=str(queries).replace(" ", ""),
     )  # fmt: skip
     result = run_bundle(*command)
@@ -161,10 +161,10 @@ def test_evaluating_names_a_malformed_queries_line(trained, phantom_dir, tmp_pat
     queries = tmp_path / "queries.jsonl"
     queries.write_text('{"text": "jaundice", "organs": ["liver"]}\n\n{"text": "itch", "organs": ["skin"]}\n')
     command = bundle_command(
-        "evaluating", [TRAIN, "bundle/configs/evaluate.yaml"], run_dir, phantom_dir, output_dir=tmp_path / "out",
+        "evaluating", [TRAIN, "configs/evaluate.yaml"], run_dir, phantom_dir, output_dir=tmp_path / "out",
         queries_file=queries,
     )  # fmt: skip
-    result = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, *command], cwd=BUNDLE, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert f"{queries}:3: unknown organ(s) 'skin'" in result.stderr
     assert not (tmp_path / "out" / "metrics.json").exists()
@@ -174,7 +174,7 @@ def test_evaluating_names_a_malformed_queries_line(trained, phantom_dir, tmp_pat
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, phantom_dir):
     command = bundle_command("training", [TRAIN], tmp_path, phantom_dir, num_epochs=100)
     process = subprocess.Popen(
-        [sys.executable, *command], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, *command], cwd=BUNDLE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 240
     try:
@@ -201,14 +201,14 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, phantom_dir)
 @pytest.mark.slow
 def test_resume_without_a_checkpoint_names_the_config_id(tmp_path, phantom_dir):
     command = bundle_command("training", [TRAIN], tmp_path, phantom_dir, num_epochs=1, resume=True)
-    result = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, *command], cwd=BUNDLE, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert f"resume is set but ckpt_dir {tmp_path / 'models'} holds no training checkpoint" in result.stderr
 
 
 @pytest.mark.slow
 def test_ddp_training_on_two_cpu_processes_with_gloo(tmp_path, phantom_dir):
-    configs = [TRAIN, "bundle/configs/multi_gpu_train.yaml"]
+    configs = [TRAIN, "configs/multi_gpu_train.yaml"]
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
     command = bundle_command("training", configs, tmp_path, phantom_dir, num_epochs=2)
     result = run_bundle(*command, launcher=launcher, timeout=400)
@@ -245,9 +245,9 @@ def test_verify_net_in_out_with_metadata_shapes(fusion):
 
 
 def test_metadata_validates_against_the_shipped_schema():
-    command = ["-m", "monai.bundle", "verify_metadata", "--meta_file", "bundle/configs/metadata.json"]
-    command += ["--filepath", "bundle/docs/metadata_schema.json"]
-    result = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=120)
+    command = ["-m", "monai.bundle", "verify_metadata", "--meta_file", "configs/metadata.json"]
+    command += ["--filepath", "docs/metadata_schema.json"]
+    result = subprocess.run([sys.executable, *command], cwd=BUNDLE, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "metadata is verified with no error" in result.stdout + result.stderr
 

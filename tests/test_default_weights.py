@@ -6,8 +6,7 @@ import json
 import subprocess
 
 import torch
-from conftest import BUNDLE, REPO, bundle_parser
-from monai.bundle import ConfigParser
+from conftest import BUNDLE, REPO, bundle_parser, inference_parser
 
 from text_pipeline.labels import LABEL_KINDS
 from text_pipeline.text_model import load_text_model
@@ -30,9 +29,7 @@ def test_model_weights_fit_the_network_of_training_and_of_inference():
     weights = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
     training = bundle_parser().get_parsed_content("network_def")
     training.load_state_dict(weights)  # strict
-    inference = ConfigParser()
-    inference.read_config(str(BUNDLE / "configs" / "inference.yaml"))
-    network = inference.get_parsed_content("network")
+    network = inference_parser().get_parsed_content("network")
     assert {k: v.shape for k, v in network.state_dict().items()} == {k: v.shape for k, v in weights.items()}
     assert float(network.probability_scale) > 0
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, bundle_parser
+from conftest import BUNDLE, bundle_parser
 from ignite.engine import Engine
 from ignite.metrics import ConfusionMatrix
 from scripts.data import resolve_datalist
@@ -28,8 +28,8 @@ from text_pipeline.corpus import Query, read_query_sources
 from text_pipeline.metrics import evaluate_scores, evaluate_scores_on_organs, ranking_target
 from text_pipeline.organs import ORGANS, organ_index
 
-CONFIGS = "['bundle/configs/train.yaml','bundle/configs/evaluate.yaml']"
-QUERIES = ["corpus:test", "text_pipeline/data/ood_queries.jsonl"]
+CONFIGS = "['configs/train.yaml','configs/evaluate.yaml']"
+QUERIES = ["corpus:test", "corpus:ood"]
 NAN = float("nan")
 
 
@@ -215,7 +215,7 @@ def evaluate_real(scan: dict, datalist_content, tmp_path: Path, text_cache: Path
         f"--text_embedding_cache={text_cache}",
         f"--phantom_dir={tmp_path / 'phantoms'}", "--num_workers=1",
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     assert not (tmp_path / "phantoms").exists()  # the datalist, not the phantoms, was evaluated
     return output_dir, result.stdout

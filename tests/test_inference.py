@@ -11,19 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, inference_parser, organ_ids, write_queries
+from conftest import BUNDLE, INFERENCE_CONFIGS, infer_on_scan, inference_parser, organ_ids, write_queries
 from monai.transforms import LoadImage
-from scripts.inference import infer
-from scripts.reasoning import (
-    OrganFeatureCache,
-    check_symptom,
-    organ_image_features,
-    organ_probability,
-)
+from scripts.organ_features import OrganFeatureCache, organ_image_features
+from scripts.reasoning import check_symptom, organ_probability
 
 from text_pipeline.organs import ORGANS, organ_index
 
-INFERENCE = "bundle/configs/inference.yaml"
+INFERENCE = INFERENCE_CONFIGS
 IN_DOMAIN = [  # clear cases, each naming no organ
     "dark urine and yellowing of the eyes",
     "blood in the urine with colicky pain in the flank",
@@ -40,7 +35,7 @@ OUT_OF_DOMAIN = [
 
 def run_inferring(*arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", INFERENCE, *arguments]
-    return subprocess.run(command, cwd=REPO, capture_output=True, timeout=timeout)
+    return subprocess.run(command, cwd=BUNDLE, capture_output=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -140,15 +135,14 @@ def test_undecodable_symptom_on_the_command_line(tmp_path):
 @pytest.fixture(scope="module")
 def components(tmp_path_factory):
     parser = inference_parser(feature_cache_dir=str(tmp_path_factory.mktemp("feature_cache")))
-    return parser.get_parsed_content("reasoner"), parser.get_parsed_content("feature_cache"), parser
+    return parser.get_parsed_content("reasoner"), parser.get_parsed_content("evaluator"), parser
 
 
 def run_infer(components, scan_dir: Path, output_dir: Path, **kwargs):
-    reasoner, cache, _ = components
     arguments = dict(image=scan_dir / "ct.nii.gz", label=scan_dir / "seg_totalseg.nii.gz")
     arguments.update(label_convention="totalseg_total", output_dir=output_dir)
     arguments.update(kwargs)
-    return infer(reasoner, cache, **arguments)
+    return infer_on_scan(components[1], **arguments)
 
 
 @pytest.mark.parametrize(
@@ -257,7 +251,7 @@ def test_organ_image_features_are_unit_means_per_organ(components):
     assert torch.allclose(organs.features[[0, 2]].norm(dim=1), torch.ones(2), atol=1e-5)
     assert torch.isnan(organs.features[1]).all()
     with torch.no_grad():
-        slices = torch.nn.functional.normalize(reasoner.network.image.organ_features(samples[2]["image"][None]), dim=-1)
+        slices = torch.nn.functional.normalize(reasoner.network.image.slice_features(samples[2]["image"][None]), dim=-1)
     expected = torch.nn.functional.normalize(slices.mean(dim=1)[0], dim=0)
     assert torch.allclose(organs.features[2], expected, atol=1e-5)
 

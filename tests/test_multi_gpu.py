@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SMALL_NETWORK, TEXT_EMBEDDINGS, bundle_parser
+from conftest import BUNDLE, SMALL_NETWORK, TEXT_EMBEDDINGS, bundle_parser
 
 from text_pipeline.organs import ORGANS
 
 pytestmark = pytest.mark.slow
 
-CONFIGS = ["bundle/configs/train.yaml", "bundle/configs/multi_gpu_train.yaml"]
+CONFIGS = ["configs/train.yaml", "configs/multi_gpu_train.yaml"]
 SMALL = {**SMALL_NETWORK, "num_phantom_train": 2, "num_phantom_val": 1, "num_workers": 1}
 VALIDATION_SAMPLES = len(ORGANS)  # one validation phantom, every organ once
 # what each rank leaves behind, appended to the `training` steps: its fit, its record of the best validation
@@ -51,7 +51,7 @@ def torchrun(shared: dict[str, Path], run_dir: Path, **overrides) -> subprocess.
     arguments = [f"--{key}={str(value).replace(' ', '')}" for key, value in settings.items()]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     command += ["-m", "monai.bundle", "run", "training", "--config_file", str([*CONFIGS, str(shared["record"])])]
-    result = subprocess.run([*command, *arguments], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*command, *arguments], cwd=BUNDLE, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result
 
@@ -74,7 +74,7 @@ def trained(shared, tmp_path_factory) -> Path:
 def single_process_fit(shared: dict[str, Path], model_path: Path, share: slice = slice(None)) -> tuple[float, float]:
     """Platt scaling as one process does it, over the validation samples (``share`` of them) through the weights."""
     from scripts.calibration import fit_organ_probability
-    from scripts.reasoning import organ_image_features
+    from scripts.organ_features import organ_image_features
 
     paths = {key: str(shared[key]) for key in ("phantom_dir", "text_embedding_cache")}
     parser = bundle_parser(**SMALL, **paths, device="$torch.device('cpu')")

@@ -53,7 +53,7 @@ def test_output_shapes_and_keys(mode):
         assert torch.is_tensor(logits) and logits.shape == (3, 7)
         main = "fusion" if mode in ("concat", "cross_attention") else mode
         assert torch.allclose(logits, net.train()(x)[main], atol=1e-6)
-        assert net.organ_features(x).shape == (3, expected_slices, 32)
+        assert net.slice_features(x).shape == (3, expected_slices, 32)
 
 
 def test_each_mode_builds_only_its_parts():
@@ -71,7 +71,7 @@ def test_slice_features_are_per_slice_encodings():
     net = tiny_net(fusion="2d", in_channels=2).eval()
     x = torch.rand(2, 2, 32, 32, 8)
     with torch.no_grad():
-        features = net.organ_features(x)
+        features = net.slice_features(x)
         third_slice = net.slice_encoder(x[..., 2])
     assert torch.allclose(features[:, 2], third_slice, atol=1e-5)
 
@@ -97,10 +97,10 @@ def test_network_fusion_output_is_f2d_when_attention_is_zeroed():
     net = tiny_net(fusion="cross_attention").eval()
     x = sample()
     with torch.no_grad():
-        before = net.organ_features(x)
+        before = net.slice_features(x)
         torch.nn.init.zeros_(net.fusion.cross_attention.out_proj.weight)
         torch.nn.init.zeros_(net.fusion.cross_attention.out_proj.bias)
-        assert torch.equal(net.organ_features(x), net.encode_slices(x))
+        assert torch.equal(net.slice_features(x), net.encode_slices(x))
     assert not torch.allclose(before, net.encode_slices(x), atol=1e-4)
 
 
@@ -175,7 +175,7 @@ def test_huggingface_backbone_matches_reference_cls(hf_dir):
         expected = reference(pixel_values=pixels).last_hidden_state[:, 0].view(2, 4, 32)
         assert torch.allclose(net.encode_slices(x), expected, atol=1e-5)
         assert net(x).shape == (2, 7)
-        assert net.organ_features(x).shape == (2, 4, 32)
+        assert net.slice_features(x).shape == (2, 4, 32)
 
 
 def test_huggingface_missing_directory_errors(tmp_path):

@@ -8,9 +8,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scripts.label_conventions import LABEL_CONVENTIONS, organ_lookup_table
 from scripts.transforms import RemapOrgansd
 
-from text_pipeline.organs import LABEL_CONVENTIONS, ORGANS, organ_index, organ_lookup_table
+from text_pipeline.organs import ORGANS, organ_index
 
 
 def test_vocabulary_is_the_papers_seven_organs_in_order():

@@ -20,11 +20,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import inference_parser, organ_ids, run_inferring, write_queries
+from conftest import bundle_parser, infer_on_scan, inference_parser, organ_ids, run_inferring, write_queries
 from monai.data import MetaTensor, list_data_collate
-from scripts.data import ScanError, organ_samples
-from scripts.inference import infer, load_scan_grid
-from scripts.reasoning import OrganFeatureCache, OrganFeatures
+from scripts.data import ScanError, organ_samples, preprocess_scan
+from scripts.inference import to_file_grid
+from scripts.organ_features import OrganFeatures
 from scripts.scan_io import check_dicom_folder, dicom_series
 from scripts.transforms import RemapOrgansd, SplitOrgansd, ValidateScand
 
@@ -109,14 +109,25 @@ def assert_map_carries_scores(map_file: str, ct_file: Path, label_file: Path, pr
 def components(tmp_path_factory):
     """The reasoner and the parsed inference.yaml (the shipped weights), as `inferring` builds them."""
     parser = inference_parser(feature_cache_dir=str(tmp_path_factory.mktemp("feature_cache")))
-    return parser.get_parsed_content("reasoner"), parser.get_parsed_content("feature_cache"), parser
+    return parser.get_parsed_content("reasoner"), parser.get_parsed_content("evaluator"), parser
 
 
 def run_infer(components, image: Path, label: Path, output_dir: Path, convention="totalseg_total", **kwargs):
-    reasoner, cache, _ = components
     kwargs.setdefault("queries_file", write_queries(output_dir.parent / f"{output_dir.name}_queries.jsonl", QUERIES))
     kwargs.update(image=image, label=label, label_convention=convention, output_dir=output_dir)
-    return infer(reasoner, cache, **kwargs)
+    return infer_on_scan(components[1], **kwargs)
+
+
+def load_scan(image: Path, label: Path, convention: str = "totalseg_total") -> dict:
+    """The scan as ``inferring`` loads it once: the CT and its organ ids, checked, in RAS."""
+    loading = inference_parser().get_parsed_content("scan_loading")
+    return preprocess_scan({"image": str(image), "label": str(label), "convention": convention}, loading)
+
+
+def organ_ids_on_ct_grid(image: Path, label: Path, convention: str = "totalseg_total") -> np.ndarray:
+    """The label map's organ ids on the CT file's own voxel grid, where ``inferring`` writes its maps."""
+    loaded = load_scan(image, label, convention)
+    return to_file_grid(loaded["label"][0].numpy(), loaded["image"])[0]
 
 
 # NaN and infinite voxels
@@ -147,8 +158,8 @@ def test_non_finite_ct_is_refused_by_the_preprocessing(shared_ct, tmp_path, prep
     with pytest.raises(ScanError, match=message) as caught:
         organ_samples([item], preprocessing)
     assert f"CT {scan / 'ct.nii.gz'} holds" in str(caught.value)
-    with pytest.raises(ValueError, match=message):  # inference's own reading of the CT, for the probability map
-        load_scan_grid(scan / "ct.nii.gz", scan / "seg_totalseg.nii.gz", "totalseg_total")
+    with pytest.raises(ScanError, match=message):  # inference's one reading of the scan
+        load_scan(scan / "ct.nii.gz", scan / "seg_totalseg.nii.gz")
 
 
 def test_non_finite_ct_is_refused_by_inferring_before_anything_is_written(components, shared_ct, tmp_path):
@@ -346,24 +357,21 @@ def test_samples_of_scans_with_different_organs_still_collate():
 def test_tiny_organs_of_a_real_series_are_reported_too_small(components, shared_ct, tmp_path):
     """patient_b's pancreas (2.5 mL) and right adrenal (2.4 mL) with a min_voxels just above their voxel counts on
     the network's grid: both reported under organs_too_small with their counts, no probability, not absent."""
-    reasoner, _, parser = components
     scan = shared_ct / "patient_b"
     item = {"image": str(scan / "dicom"), "label": str(scan / "seg_totalseg.nii.gz"), "convention": "totalseg_total"}
-    preprocessing = inference_parser().get_parsed_content("preprocessing")  # its own, not the shared cache's
-    split = find_transform(preprocessing, SplitOrgansd)
-    assert split is not None, "the bundle's preprocessing has no SplitOrgansd"
-    split.min_voxels = 1
+    preprocessing = bundle_parser(min_organ_voxels=1).get_parsed_content("preprocessing")
+    assert find_transform(preprocessing, SplitOrgansd).min_voxels == 1
     given, here = preprocessing(dict(item))[0]["organ_voxels"].tolist()
     small = {organ: here[organ_index(organ)] for organ in ("pancreas", "adrenal_gland")}
     assert all(0 < count for count in small.values()) and given[organ_index("pancreas")] > 1000
-    split.min_voxels = max(small.values()) + 1
-    assert all(here[organ_index(organ)] >= split.min_voxels for organ in ("liver", "spleen", "stomach"))
+    min_voxels = max(small.values()) + 1
+    assert all(here[organ_index(organ)] >= min_voxels for organ in ("liver", "spleen", "stomach"))
 
-    settings = dict(network=reasoner.network, model_path=parser["model_path"], cache_dir=tmp_path / "cache")
-    cache = OrganFeatureCache(preprocessing=preprocessing, settings={"min_voxels": split.min_voxels}, **settings)
-    report = infer(
-        reasoner, cache, image=scan / "dicom", label=scan / "seg_totalseg.nii.gz", label_convention="totalseg_total",
-        output_dir=tmp_path / "out", symptom="vomiting blood and burning pain after eating",
+    inference = inference_parser(min_organ_voxels=min_voxels, feature_cache_dir=str(tmp_path / "cache"))
+    report = infer_on_scan(
+        inference.get_parsed_content("evaluator"), image=scan / "dicom", label=scan / "seg_totalseg.nii.gz",
+        label_convention="totalseg_total", output_dir=tmp_path / "out",
+        symptom="vomiting blood and burning pain after eating",
     )  # fmt: skip
     written = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert written["organs_too_small"] == report["organs_too_small"] == small
@@ -373,7 +381,7 @@ def test_tiny_organs_of_a_real_series_are_reported_too_small(components, shared_
     assert scored == ["liver", "spleen", "stomach"]  # every organ without a score is reported absent or too small
     assert [entry["organ"] for entry in query["ranking"]] == sorted(scored, key=lambda o: -query["probabilities"][o])
     values = np.asarray(nib.load(query["probability_map"]).dataobj)
-    labels = load_scan_grid(scan / "dicom", scan / "seg_totalseg.nii.gz", "totalseg_total")[1][0].numpy()
+    labels = organ_ids_on_ct_grid(scan / "dicom", scan / "seg_totalseg.nii.gz")
     assert values.shape == labels.shape
     for organ, p in query["probabilities"].items():  # too small organs: no probability painted on their voxels
         np.testing.assert_allclose(values[labels == organ_index(organ) + 1], 0.0 if p is None else p, rtol=1e-6)
@@ -381,6 +389,8 @@ def test_tiny_organs_of_a_real_series_are_reported_too_small(components, shared_
     def refuse(_):
         raise AssertionError("the cached features should have been used")
 
-    cached = OrganFeatureCache(preprocessing=refuse, settings={"min_voxels": split.min_voxels}, **settings)
-    from_disk = cached(item)
+    cached = inference_parser(min_organ_voxels=min_voxels, feature_cache_dir=str(tmp_path / "cache"))
+    cache = cached.get_parsed_content("feature_cache")
+    cache.preprocessing = refuse
+    from_disk = cache(item)
     assert from_disk.too_small_organs() == small and from_disk.absent_organs() == ["kidney", "gallbladder"]

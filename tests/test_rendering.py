@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from scripts.label_conventions import organ_lookup_table
 from scripts.rendering import (
     OVERLAY_ALPHA,
     OVERLAY_COLORMAP,
@@ -17,7 +18,7 @@ from scripts.rendering import (
     write_probability_map,
 )
 
-from text_pipeline.organs import ORGANS, organ_lookup_table
+from text_pipeline.organs import ORGANS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PROBABILITIES = [0.9, 0.1, 0.3, None, 0.5, float("nan"), 0.0]

@@ -17,6 +17,7 @@ OOD_TRAINING_TEXTS = DATA_DIR / "ood_train.jsonl"  # training negatives: texts o
 STYLES = ("patient", "triage", "clinician", "exam", "lab")
 SPLITS = ("train", "test")
 CORPUS_SOURCE_PREFIX = "corpus:"  # a query source naming a split of the shipped corpus, e.g. "corpus:test"
+OOD_QUERIES_SOURCE = "corpus:ood"  # the query source naming the shipped out-of-domain evaluation queries
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,9 @@ def read_queries(path: str | Path) -> list[Query]:
 
 
 def read_query_sources(sources: str | Path | list[str | Path]) -> list[Query]:
-    """Queries from one source or several: a JSON-lines file (see :func:`read_queries`) or ``"corpus:test"`` /
-    ``"corpus:train"``, a split of the shipped corpus."""
+    """Queries from one source or several: a JSON-lines file (see :func:`read_queries`), ``"corpus:test"`` /
+    ``"corpus:train"`` (a split of the shipped corpus) or ``"corpus:ood"`` (the shipped out-of-domain queries,
+    :data:`OOD_QUERIES`), so that a command names the shipped queries from any folder."""
     if isinstance(sources, str | Path):
         sources = [sources]
     if not sources:
@@ -97,7 +99,9 @@ def read_query_sources(sources: str | Path | list[str | Path]) -> list[Query]:
     queries = []
     for source in sources:
         name = str(source)
-        if name.startswith(CORPUS_SOURCE_PREFIX):
+        if name == OOD_QUERIES_SOURCE:
+            queries += read_queries(OOD_QUERIES)
+        elif name.startswith(CORPUS_SOURCE_PREFIX):
             queries += read_corpus(name.removeprefix(CORPUS_SOURCE_PREFIX))
         else:
             queries += read_queries(source)

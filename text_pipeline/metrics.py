@@ -14,6 +14,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from text_pipeline.organs import ORGANS, organ_index
 
+METRIC_KEYS = ("rank1", "rank2", "rank3", "mAP", "ood_auroc", "n_queries")  # the summary of a run, in this order
+
 
 def _scores_matrix(scores: Any) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)

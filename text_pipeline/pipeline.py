@@ -37,7 +37,7 @@ from text_pipeline.labels import (
     organ_sets,
     ranked_organ_sets,
 )
-from text_pipeline.metrics import evaluate_scores
+from text_pipeline.metrics import METRIC_KEYS, evaluate_scores
 from text_pipeline.organs import ORGANS, organ_index
 from text_pipeline.text_model import load_text_model, save_text_model, train_text_mlp
 
@@ -250,9 +250,6 @@ def evaluate(queries: list[Query], artifacts: Path, out_dir: Path) -> dict:
     metrics = {**report[DEFAULT_LABELS], "labels": DEFAULT_LABELS, **report, "queries": per_query}
     write_json_atomically(out_dir / "metrics.json", metrics)
     return metrics
-
-
-METRIC_KEYS = ("rank1", "rank2", "rank3", "mAP", "ood_auroc", "n_queries")
 
 
 def metrics_table(metrics: dict) -> str:

@@ -64,9 +64,9 @@ from scripts.ablation_report import (  # noqa: E402
     write_report,
 )
 
-TRAIN_CONFIG = "bundle/configs/train.yaml"
-EVALUATE_CONFIGS = ["bundle/configs/train.yaml", "bundle/configs/evaluate.yaml"]
-DEFAULT_QUERIES = ("corpus:test", "text_pipeline/data/ood_queries.jsonl")
+TRAIN_CONFIG = "configs/train.yaml"  # run in the bundle folder, as its README does
+EVALUATE_CONFIGS = ["configs/train.yaml", "configs/evaluate.yaml"]
+DEFAULT_QUERIES = ("corpus:test", "corpus:ood")
 PATH_IDS = ("dataset_dir", "datalist", "phantom_dir", "vit_pretrained_dir", "text_artifacts")
 RESERVED_IDS = {  # ids the script sets itself, with the option to use instead
     "ckpt_dir": "the script sets it per variant (output_dir/<variant>/models)",
@@ -77,7 +77,8 @@ RESERVED_IDS = {  # ids the script sets itself, with the option to use instead
     "fusion": "it defines the variants; choose them with --variants",
     "text_labels": "it defines the variants; choose them with --variants",
     "text_to_image_weight": "it defines the variants; choose them with --variants",
-    "config_file": "the script runs bundle/configs/train.yaml (and evaluate.yaml)",
+    "config_file": "the script runs the bundle's configs/train.yaml (and evaluate.yaml)",
+    "bundle_root": "the script runs the bundle it is part of",
 }
 LOG_TAIL_LINES = 25
 ERROR_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Interrupt)\b.*$", re.MULTILINE)
@@ -194,7 +195,7 @@ def query_sources(sources: Sequence[str] | None, cwd: Path) -> list[str]:
     return resolved
 
 
-def config_defaults(config: Path = REPO / TRAIN_CONFIG) -> dict:
+def config_defaults(config: Path = BUNDLE / TRAIN_CONFIG) -> dict:
     """The top-level values of train.yaml (plain YAML; ``$`` expressions are left as strings)."""
     return yaml.safe_load(config.read_text(encoding="utf-8"))
 
@@ -272,7 +273,7 @@ def run_logged(command: list[str], log: Path, variant: str) -> None:
     with log.open("w", encoding="utf-8") as stream:
         stream.write(f"$ {shlex.join(command)}\n\n")
         stream.flush()
-        returncode = subprocess.run(command, cwd=REPO, stdout=stream, stderr=subprocess.STDOUT).returncode
+        returncode = subprocess.run(command, cwd=BUNDLE, stdout=stream, stderr=subprocess.STDOUT).returncode
     if returncode != 0:
         cause = first_error(log)
         raise AblationError(

@@ -21,7 +21,7 @@ from ignite.engine import Engine, Events
 from sklearn.linear_model import LogisticRegression
 
 from scripts.networks import MedSORANet
-from scripts.reasoning import OrganFeatureAccumulator, OrganFeatures
+from scripts.organ_features import OrganFeatureAccumulator, OrganFeatures
 from scripts.text_bank import OrganTextBank
 from text_pipeline.organs import ORGANS
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from monai.data import load_decathlon_datalist
 
+from scripts.label_conventions import LABEL_CONVENTIONS
 from scripts.phantom import write_phantom_dataset
-from text_pipeline.organs import LABEL_CONVENTIONS
+from scripts.transforms import source_name
 
 logger = logging.getLogger(__name__)
 
@@ -179,30 +180,31 @@ class ScanError(RuntimeError):
     """A scan that cannot be preprocessed; the message names the scan and the first cause."""
 
 
+def preprocess_scan(scan: dict, transform: Callable) -> object:
+    """``transform(scan)``; an error names the scan (its image and label files) and its first cause (ScanError)."""
+    try:
+        return transform(scan)
+    except Exception as error:
+        cause = error
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        image, label = source_name(scan, "image"), source_name(scan, "label")
+        raise ScanError(f"cannot preprocess scan {image} (label {label}): {cause}") from error
+
+
 def organ_samples(scans: Sequence[dict], transform: Callable, num_workers: int = 0) -> list[dict]:
     """Preprocess every scan once and flatten the result into one sample per (scan, organ) pair.
 
     Args:
-        scans: ``{"image", "label", "convention"}`` dictionaries.
+        scans: ``{"image", "label", "convention"}`` dictionaries (or scans already loaded, for a ``transform``
+            that starts from loaded ones).
         transform: the deterministic per-scan preprocessing, ending in per-organ lists (``SplitOrgansd``).
         num_workers: threads preprocessing scans side by side (0: one).
     """
     if not scans:
         raise ValueError("no scans to preprocess: the datalist split is empty")
-
-    def preprocess(scan: dict) -> list[dict]:
-        try:
-            return transform(scan)
-        except Exception as error:
-            cause = error
-            while cause.__cause__ is not None:
-                cause = cause.__cause__
-            raise ScanError(
-                f"cannot preprocess scan {scan.get('image')} (label {scan.get('label')}): {cause}"
-            ) from error
-
     with ThreadPoolExecutor(max(1, num_workers)) as pool:
-        per_scan = list(pool.map(preprocess, scans))
+        per_scan = list(pool.map(lambda scan: preprocess_scan(scan, transform), scans))
     samples = [sample for scan_samples in per_scan for sample in scan_samples]
     logger.info("%d scans -> %d (scan, organ) samples", len(scans), len(samples))
     return samples

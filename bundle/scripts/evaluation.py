@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.reasoning import SymptomOrganReasoner, organ_image_features
+from scripts.organ_features import organ_image_features
+from scripts.reasoning import SymptomOrganReasoner
 from text_pipeline.corpus import read_query_sources
 from text_pipeline.files import write_json_atomically
-from text_pipeline.metrics import evaluate_scores_on_organs, ranking_target
+from text_pipeline.metrics import METRIC_KEYS, evaluate_scores_on_organs, ranking_target
 from text_pipeline.organs import ORGANS
-from text_pipeline.pipeline import METRIC_KEYS
 
 
 def symptom_metrics_table(metrics: dict) -> str:

@@ -23,7 +23,7 @@ from scripts.calibration import fit_network_probability
 from scripts.checkpoints import load_weights
 from scripts.losses import MedSORALoss
 from scripts.networks import MedSORANet
-from scripts.reasoning import organ_image_features
+from scripts.organ_features import organ_image_features
 from scripts.text_bank import OrganTextBank
 from text_pipeline.files import write_torch_atomically
 
@@ -42,7 +42,7 @@ def frozen_slice_features(
         for start in range(0, len(dataset), batch_size):
             items = [dataset[index] for index in range(start, min(start + batch_size, len(dataset)))]
             images = torch.stack([torch.as_tensor(item["image"]) for item in items]).to(device)
-            features.append(network.image.organ_features(images).float().cpu())
+            features.append(network.image.slice_features(images).float().cpu())
             organs.append(torch.tensor([int(torch.as_tensor(item["label"]).reshape(-1)[0]) for item in items]))
     return torch.cat(features), torch.cat(organs)
 

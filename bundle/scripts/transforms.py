@@ -21,8 +21,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from scripts.label_conventions import organ_lookup_table
 from scripts.scan_io import check_finite_voxels, check_scan_path
-from text_pipeline.organs import ORGANS, organ_lookup_table
+from text_pipeline.organs import ORGANS
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ class RemapOrgansd(MapTransform):
 
     Args:
         keys: keys of the label maps to remap.
-        convention_key: key holding the item's convention name (a key of ``text_pipeline.LABEL_CONVENTIONS``).
+        convention_key: key holding the item's convention name (a key of ``LABEL_CONVENTIONS``,
+            ``scripts.label_conventions``).
         default_convention: convention used when an item has no ``convention_key``.
         voxels_prefix: each organ's voxel count in the label map as given (a long tensor [len(ORGANS)]) is stored
             under ``voxels_prefix + key``, for ``SplitOrgansd`` to tell an organ that resampling made too small

@@ -190,7 +190,7 @@ class MedSORAImageNet(nn.Module):
         return f3d if self.volume_projection is None else self.volume_projection(f3d)
 
     def heads_and_features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The logits of every head the mode has, and the per-slice features of :meth:`organ_features`."""
+        """The logits of every head the mode has, and the per-slice features of :meth:`slice_features`."""
         f2d = self.encode_slices(x) if self.slice_encoder is not None else None
         f3d = self.encode_volume(x) if self.volume_encoder is not None else None
         logits: dict[str, torch.Tensor] = {}
@@ -220,6 +220,6 @@ class MedSORAImageNet(nn.Module):
             return logits[self.main_head]
         return {**logits, "slice_features": slice_features}
 
-    def organ_features(self, x: torch.Tensor) -> torch.Tensor:
+    def slice_features(self, x: torch.Tensor) -> torch.Tensor:
         """Per-slice image features for alignment and inference (method.md §4-5), [B, D or 1, d_img]."""
         return self.heads_and_features(x)[1]

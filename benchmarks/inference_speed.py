@@ -5,8 +5,9 @@
 - warm query: in one process, with the text encoder loaded and the scan's organ features cached, the time of
   ``reasoner.probabilities([symptom], organ_features)`` for each of ``--warm-queries`` different symptoms
   (the shipped corpus' test texts): text encoder, text MLP, W_align and the 7 probabilities.
-- cold run: the whole `inferring` command, run in bundle/ (its README's form), in a fresh process on the scan with an empty feature cache, wall time including start-up, loading the scan,
-  its organ features, the probability map and the picture.
+- cold run: the whole `inferring` command, run in bundle/ (its README's form), in a fresh process on the scan
+  with an empty feature cache, wall time including start-up, loading the scan, its organ features, the
+  probability map and the picture.
 Targets (issue 4): warm query <= 20 ms, cold run <= 30 s, on the 2-core development machine (no GPU).
 """
 

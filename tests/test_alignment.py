@@ -154,7 +154,10 @@ def test_total_loss_adds_the_weighted_text_to_image_term_and_returns_its_terms()
     x, organ, texts = torch.rand(3, 1, 32, 32, 8), torch.tensor([0, 3, 3]), torch.randn(7, 5, 24)
     out = net(x, texts)
     paper = MedSORALoss(temperature=0.1)(out, organ, return_terms=True)
-    assert set(paper) == {"loss", "image", "align"}
+    assert set(paper) == {"loss", "image", "image_2d", "image_3d", "image_fusion", "align"}
+    for head in ("2d", "3d", "fusion"):
+        assert torch.isclose(paper[f"image_{head}"], F.cross_entropy(out[head], organ))
+    assert torch.isclose(paper["image"], paper["image_2d"] + paper["image_3d"] + paper["image_fusion"])
     ours = MedSORALoss(temperature=0.1, text_to_image_weight=0.5, text_to_image_temperature=0.3)(
         out, organ, return_terms=True
     )
@@ -162,6 +165,10 @@ def test_total_loss_adds_the_weighted_text_to_image_term_and_returns_its_terms()
     assert torch.isclose(ours["text_to_image"], text_to_image)
     assert torch.isclose(ours["loss"], paper["loss"] + 0.5 * text_to_image)
     assert torch.isclose(paper["loss"], paper["image"] + paper["align"])
+    loss = MedSORALoss(temperature=0.1)
+    loss(out, organ)  # the trainer's call: the terms are kept for its logs
+    assert loss.last_terms.keys() == paper.keys() - {"loss"}
+    assert all(torch.isclose(loss.last_terms[name], paper[name]) for name in loss.last_terms)
     with pytest.raises(ValueError, match="text_to_image_weight"):
         MedSORALoss(text_to_image_weight=-0.1)
 

@@ -82,6 +82,16 @@ def test_training_learns_the_image_model_and_the_alignment_together(trained):
     alignment = scalars(run_dir / "eval", "val_alignment_loss")  # InfoNCE of the validation organs vs the texts
     assert alignment[5] < alignment[1]
     assert set(scalars(run_dir / "eval", "val_alignment_accuracy")) == {1, 2, 3, 4, 5}
+    # each term of L_total per iteration (5 epochs x 3 iterations), adding up to L_total
+    iterations = set(range(1, 5 * ITERATIONS_PER_EPOCH + 1))
+    terms = {tag: scalars(run_dir / "eval", f"loss_{tag}") for tag in ("align", "image", "text_to_image")}
+    terms.update({head: scalars(run_dir / "eval", f"loss_image_{head}") for head in ("2d", "3d", "fusion")})
+    total = scalars(run_dir / "eval", "loss")
+    assert set(total) == iterations and all(set(values) == iterations for values in terms.values())
+    for step in iterations:
+        assert terms["image"][step] == pytest.approx(terms["2d"][step] + terms["3d"][step] + terms["fusion"][step])
+        weighted = terms["align"][step] + terms["image"][step] + 0.5 * terms["text_to_image"][step]
+        assert total[step] == pytest.approx(weighted, rel=1e-5)
 
 
 @pytest.mark.slow

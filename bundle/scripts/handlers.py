@@ -13,7 +13,7 @@ from ignite import distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar as IgniteProgressBar
 
-from scripts.losses import alignment_logits
+from scripts.losses import MedSORALoss, alignment_logits
 from text_pipeline.files import write_atomically, write_json_atomically
 from text_pipeline.organs import ORGANS
 
@@ -26,6 +26,22 @@ class ImageLogits:
 
     def __call__(self, output: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         return output["pred"]["logits"], output["label"].reshape(-1).long()
+
+
+class LossTerms:
+    """TensorBoard's values of one training iteration: L_total (``loss``) and each term of ``loss`` (a
+    :class:`scripts.losses.MedSORALoss`), ``loss_align``, ``loss_image``, ``loss_image_2d``, ...
+
+    Args:
+        loss: the trainer's loss function, which keeps the terms of its latest call.
+    """
+
+    def __init__(self, loss: MedSORALoss) -> None:
+        self.loss = loss
+
+    def __call__(self, output: Mapping[str, Any]) -> dict[str, float]:
+        terms = {f"loss_{name}": float(value) for name, value in self.loss.last_terms.items()}
+        return {"loss": float(output["loss"]), **terms}
 
 
 class AlignmentLogits:

@@ -18,17 +18,23 @@ class ImageLoss(nn.Module):
     label. The ablation modes train a subset of the heads; the sum runs over the heads the network returned.
     """
 
-    def forward(self, logits: Mapping[str, torch.Tensor], organ: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: Mapping[str, torch.Tensor], organ: torch.Tensor, return_terms: bool = False
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
         """
         Args:
             logits: the network's training output: ``{"2d" | "3d" | "fusion": [B, num_organs] logits, ...}``.
             organ: the organs' class indices, [B] (or [B, 1]).
+            return_terms: also return each head's term: ``{"image", "image_2d", "image_3d", "image_fusion"}``
+                (L_image, L_2D, L_3D, L_fusion; the heads the network returned).
         """
         heads = [head for head in HEADS if head in logits]
         if not heads:
             raise ValueError(f"ImageLoss needs the logits of at least one of the heads {HEADS}, got {sorted(logits)}")
         target = organ.reshape(-1).long()
-        return sum(F.cross_entropy(logits[head], target) for head in heads)
+        terms = {f"image_{head}": F.cross_entropy(logits[head], target) for head in heads}
+        loss = sum(terms.values())
+        return {"image": loss, **terms} if return_terms else loss
 
 
 def avg_sim(slice_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
@@ -210,6 +216,7 @@ class MedSORALoss(nn.Module):
         self.alignment_loss = AlignmentLoss(temperature)
         self.text_to_image_weight = float(text_to_image_weight)
         self.text_to_image_loss = TextToImageLoss(text_to_image_temperature) if text_to_image_weight else None
+        self.last_terms: dict[str, torch.Tensor] = {}
 
     def forward(
         self, output: Mapping[str, torch.Tensor], organ: torch.Tensor, return_terms: bool = False
@@ -219,8 +226,9 @@ class MedSORALoss(nn.Module):
             output: the network's training output, with ``"slice_features"``, ``"text_features"`` and the
                 heads' logits.
             organ: the organs' class indices, [B] (or [B, 1]).
-            return_terms: also return each term: ``{"loss", "image", "align", "text_to_image"}`` (the terms
-                in use, unweighted).
+            return_terms: also return each term: ``{"loss", "align", "image", "image_2d", "image_3d",
+                "image_fusion", "text_to_image"}`` (L_total and the terms in use, unweighted). The terms of the
+                latest call are also kept, detached, in ``last_terms``, for the trainer's logs.
         """
         missing = {"slice_features", "text_features"} - output.keys()
         if missing:
@@ -234,10 +242,11 @@ class MedSORALoss(nn.Module):
             )
         }
         if self.image_loss is not None:
-            terms["image"] = self.image_loss(output, organ)
+            terms.update(self.image_loss(output, organ, return_terms=True))
         if self.text_to_image_loss is not None:
             terms["text_to_image"] = self.text_to_image_loss(
                 output["slice_features"], output["text_features"], organ, output.get("organ_text_labels")
             )
         loss = terms["align"] + terms.get("image", 0.0) + self.text_to_image_weight * terms.get("text_to_image", 0.0)
+        self.last_terms = {name: value.detach() for name, value in terms.items()}
         return {"loss": loss, **terms} if return_terms else loss

@@ -108,6 +108,26 @@ def test_dicom_series_with_missing_organs(shared_ct, tmp_path):
     np.testing.assert_allclose(probability_map.affine, ct.affine.numpy(), atol=1e-4)
     values = np.asarray(probability_map.dataobj)
     assert np.isclose(values, query["probabilities"]["liver"]).sum() > 10_000  # the liver's voxels
+    assert "organ_ranks" not in query  # written only when asked (rank_maps)
+
+
+def test_rank_maps_carry_each_organs_rank_on_the_ct_grid(shared_ct, tmp_path):
+    scan = shared_ct / "patient_b"
+    result = run_inferring(
+        "--image", str(scan / "dicom"), "--label", str(scan / "seg_totalseg.nii.gz"), "--rank_maps", "true",
+        "--label_convention", "totalseg_total", "--output_dir", str(tmp_path), "--symptom", "jaundice",
+        "--feature_cache_dir", str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    (query,) = json.loads((tmp_path / "scores.json").read_text())["queries"]
+    ranks = nib.load(query["organ_ranks"])
+    probabilities = np.asarray(nib.load(query["probability_map"]).dataobj)
+    assert ranks.get_data_dtype() == np.uint8 and ranks.shape == probabilities.shape
+    np.testing.assert_allclose(ranks.affine, nib.load(query["probability_map"]).affine)
+    ranks = np.asarray(ranks.dataobj)
+    assert set(np.unique(ranks)) == {0, 1, 2, 3, 4, 5}  # patient_b holds 5 of the organs
+    for rank, entry in enumerate(query["ranking"], start=1):
+        np.testing.assert_allclose(probabilities[ranks == rank], entry["probability"], rtol=1e-6)
 
 
 def test_default_run_works_right_after_install(tmp_path):

@@ -13,6 +13,7 @@ from scripts.label_conventions import organ_lookup_table
 from scripts.rendering import (
     OVERLAY_ALPHA,
     OVERLAY_COLORMAP,
+    organ_rank_map,
     probability_map,
     render_probability_views,
     write_probability_map,
@@ -77,6 +78,19 @@ def test_probability_map_paints_each_organ_with_its_probability(as_labels):
         assert (prob_map[labels == index + 1] == expected).all(), ORGANS[index]
 
 
+def test_organ_rank_map_carries_each_organs_rank_by_probability():
+    labels = every_organ_labels()
+    probabilities = [0.2, 0.9, None, 0.9, 0.05, 0.6, float("nan")]  # pancreas and gallbladder tie: ORGANS order
+    ranks = organ_rank_map(labels, probabilities)
+    assert ranks.dtype == np.uint8 and ranks.shape == labels.shape
+    expected = {"pancreas": 1, "gallbladder": 2, "stomach": 3, "liver": 4, "spleen": 5, "kidney": 0, "adrenal_gland": 0}
+    for organ, rank in expected.items():
+        assert (ranks[labels == ORGANS.index(organ) + 1] == rank).all(), organ
+    assert (ranks[labels == 0] == 0).all()
+    with pytest.raises(ValueError, match="one entry per organ"):
+        organ_rank_map(labels, probabilities[:-1])
+
+
 @pytest.mark.parametrize(
     ("labels", "probabilities", "message"),
     [
@@ -114,7 +128,7 @@ def test_written_map_reads_back_with_its_affine_shape_and_values(tmp_path):
     [
         (np.zeros((3, 3, 3)), np.eye(3), "map.nii.gz", r"affine must be a 4x4 matrix; got shape \(3, 3\)"),
         (np.zeros((3, 3, 3)), np.full((4, 4), np.nan), "map.nii.gz", r"affine must be finite"),
-        (np.zeros((3, 3)), np.eye(4), "map.nii.gz", r"prob_map must be a 3D volume; got shape \(3, 3\)"),
+        (np.zeros((3, 3)), np.eye(4), "map.nii.gz", r"the volume must be 3D; got shape \(3, 3\)"),
         (np.zeros((3, 3, 3)), np.eye(4), "map.png", r"must end with \.nii or \.nii\.gz"),
     ],
     ids=["3x3 affine", "nan affine", "2D map", "png name"],

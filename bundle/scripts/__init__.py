@@ -1,1 +1,1 @@
-"""Python components of the Med-SORA MONAI bundle; the configs in ../configs wire them together."""
+"""Python components of the Med-SORA MONAI bundle; the configs in configs/ wire them together."""

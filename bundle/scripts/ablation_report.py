@@ -1,4 +1,4 @@
-"""The ablation table of bundle/scripts/ablations.py: our metrics beside the paper's, with what they came from.
+"""The ablation table of scripts/ablations.py: our metrics beside the paper's, with what they came from.
 
 Rows come from :func:`variant_row` (one variant's ``metrics.json``); :func:`ablation_report` writes the whole
 ``ablations.md``: the markdown table, the seed, epochs, data, queries, commands and date.

@@ -1,9 +1,9 @@
 """Regenerate the paper's ablation table (method.md §5): train and evaluate the bundle once per variant.
 
-    python bundle/scripts/ablations.py --output_dir bundle/eval/ablations [--num_epochs N] [--seed S]
+    python scripts/ablations.py --output_dir eval/ablations [--num_epochs N] [--seed S]   (in the bundle's folder)
         [--variants full,anchor_labels,hard_labels,2d,3d,concat] [--set key=value ...] [--queries_file SOURCE ...]
 
-Every variant is a set of config overrides of bundle/configs/train.yaml (``full``: the calibrated labels,
+Every variant is a set of config overrides of configs/train.yaml (``full``: the calibrated labels,
 cross-attention fusion and L_text->image, the bundle's default; ``one_way_alignment``: the same without
 L_text->image; ``anchor_labels``: the paper's anchor soft labels and its loss, the paper's full model;
 ``hard_labels``: the one-hot text MLP; ``2d``, ``3d``, ``concat``: another fusion).
@@ -12,7 +12,7 @@ For each one, in ``output_dir/<variant>/``, the script runs
     python -m monai.bundle run training   ... --ckpt_dir <variant>/models --output_dir <variant>/eval
     python -m monai.bundle run evaluating ... --ckpt_dir <variant>/models --output_dir <variant>/evaluate
 
-from the repository root, logging each to ``train.log`` and ``evaluate.log`` there, then collects
+from the bundle's folder, logging each to ``train.log`` and ``evaluate.log`` there, then collects
 ``evaluate/metrics.json`` into ``output_dir/ablations.md`` (a markdown table beside the paper's numbers) and
 ``output_dir/ablations.json``. A variant's earlier outputs are removed before it runs; a failing command stops
 the script (exit status 1) with the variant, the command and the end of its log, and writes no table.
@@ -21,7 +21,7 @@ All variants train on the same data: the synthetic phantoms of one ``phantom_dir
 unless set), or the ``dataset_dir`` / ``datalist`` given with ``--set``. ``--set key=value`` (repeatable) passes
 an override to both commands of every variant, e.g. a small network for a quick run::
 
-    python bundle/scripts/ablations.py --output_dir /tmp/ablations --variants full,2d --num_epochs 2 \\
+    python scripts/ablations.py --output_dir /tmp/ablations --variants full,2d --num_epochs 2 \\
         --set num_phantom_train=2 --set num_phantom_val=1 --set "image_size=[32,32,8]" --set hidden_size=32 \\
         --set mlp_dim=64 --set num_layers_2d=1 --set num_layers_3d=1 --set num_heads=2 --set learning_rate=0.001
 

@@ -50,7 +50,7 @@ class Datalist(dict):
 def resolve_datalist(
     dataset_dir: str | None = None,
     datalist: str | None = None,
-    phantom_dir: str = "bundle/data/phantom",
+    phantom_dir: str = "data/phantom",
     num_phantom_train: int = 24,
     num_phantom_val: int = 8,
     val_fraction: float = 0.2,

@@ -16,7 +16,13 @@ from scripts.data import preprocess_scan
 from scripts.label_conventions import LABEL_CONVENTIONS
 from scripts.organ_features import OrganFeatureCache
 from scripts.reasoning import SymptomOrganReasoner, ranked
-from scripts.rendering import probability_map, render_probability_views, write_probability_map
+from scripts.rendering import (
+    organ_rank_map,
+    probability_map,
+    render_probability_views,
+    write_probability_map,
+    write_volume,
+)
 from scripts.scan_io import check_scan_path
 from text_pipeline.corpus import read_query_sources
 from text_pipeline.files import write_json_atomically
@@ -84,6 +90,8 @@ class SymptomInference:
         queries_file: a JSON-lines file of ``{"text", ...}`` queries.
         top_k: organs written on each picture.
         hu_window: the CT window of the pictures.
+        rank_maps: also write per query ``query_<i>_organ_ranks.nii.gz``, each organ's voxels carrying its rank
+            (uint8, 1 = the most probable), for viewers that show label maps, not values.
     """
 
     def __init__(
@@ -98,12 +106,13 @@ class SymptomInference:
         queries_file: str | Path | None = None,
         top_k: int = 3,
         hu_window: Sequence[float] = (-175.0, 250.0),
+        rank_maps: bool = False,
     ) -> None:
         self.reasoner, self.feature_cache = reasoner, feature_cache
         self.scan_loading, self.organ_preprocessing = scan_loading, organ_preprocessing
         self.dataset, self.output_dir = dataset, output_dir
         self.symptom, self.queries_file = symptom, queries_file
-        self.top_k, self.hu_window = top_k, hu_window
+        self.top_k, self.hu_window, self.rank_maps = top_k, hu_window, rank_maps
 
     def run(self) -> dict:
         """Score the configured symptom (or queries) on the scan of ``dataset``, written to ``output_dir``."""
@@ -184,6 +193,10 @@ class SymptomInference:
                     "picture": str(picture),
                 }
             )
+            if self.rank_maps:
+                ranks, _ = to_file_grid(organ_rank_map(organs_ras, values), ct)
+                ranks_file = write_volume(output_dir / f"{stem}_organ_ranks.nii.gz", ranks, file_affine)
+                results[-1]["organ_ranks"] = str(ranks_file)
             lines = (f"  {rank}. {organ:<14} {p:.3f}" for rank, (organ, p) in enumerate(ranking, 1))
             print(f"\n{text}\n" + "\n".join(lines))
             print(f"  picture: {picture}", flush=True)

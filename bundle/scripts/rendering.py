@@ -95,6 +95,25 @@ def probability_map(organ_labels: np.ndarray | torch.Tensor, probabilities: Sequ
     return table[_checked_organ_ids(organ_labels)]
 
 
+def organ_rank_map(organ_labels: np.ndarray | torch.Tensor, probabilities: Sequence[float | None]) -> np.ndarray:
+    """A label map in which each organ's voxels carry the organ's rank by probability (1: the most probable, ties
+    in ``ORGANS`` order), for viewers that show label maps rather than values (3D Slicer's MONAI Label module).
+
+    Args:
+        organ_labels: integer organ ids, as for :func:`probability_map`.
+        probabilities: one probability per organ, as for :func:`probability_map`.
+
+    Returns:
+        uint8 array of ``organ_labels``' shape: ranks 1..n on the n organs with a probability, 0 elsewhere.
+    """
+    probs = _checked_probabilities(probabilities)
+    scored = sorted((index for index in range(len(ORGANS)) if not np.isnan(probs[index])), key=lambda i: -probs[i])
+    table = np.zeros(len(ORGANS) + 1, dtype=np.uint8)
+    for rank, index in enumerate(scored, start=1):
+        table[index + 1] = rank
+    return table[_checked_organ_ids(organ_labels)]
+
+
 def write_probability_map(path: str | Path, prob_map: np.ndarray, affine: np.ndarray) -> Path:
     """Write a probability map as a float32 NIfTI volume, atomically.
 
@@ -112,11 +131,22 @@ def write_probability_map(path: str | Path, prob_map: np.ndarray, affine: np.nda
         ValueError: if ``prob_map`` is not 3D, ``affine`` is not a finite 4x4 affine matrix or ``path`` does not
             name a NIfTI file; nothing is written then.
     """
+    return write_volume(path, np.asarray(_as_numpy(prob_map), dtype=np.float32), affine)
+
+
+def write_volume(path: str | Path, volume: np.ndarray, affine: np.ndarray) -> Path:
+    """Write a 3D volume as NIfTI with its own dtype, atomically; the qform and the sform both hold ``affine``
+    with code 1 (scanner).
+
+    Raises:
+        ValueError: if ``volume`` is not 3D, ``affine`` is not a finite 4x4 affine matrix or ``path`` does not
+            name a NIfTI file; nothing is written then.
+    """
     path = Path(path)
-    data = np.asarray(_as_numpy(prob_map), dtype=np.float32)
+    data = np.asarray(volume)
     matrix = np.asarray(affine, dtype=np.float64)
     if data.ndim != 3:
-        raise ValueError(f"prob_map must be a 3D volume; got shape {data.shape}")
+        raise ValueError(f"the volume must be 3D; got shape {data.shape}")
     _check_affine(matrix)
     if not path.name.endswith(_NIFTI_SUFFIXES):
         raise ValueError(f"path must end with .nii or .nii.gz to be written as NIfTI; got {path.name!r}")

@@ -245,23 +245,6 @@ def test_training_on_the_real_scans_through_a_datalist(tmp_path, phantom_dir, sh
     assert [metrics[f"n_{organ}"] for organ in ORGANS] == [1, 1, 0, 0, 1, 1, 1]
 
 
-@pytest.mark.parametrize("fusion", ["2d", "3d", "concat", "cross_attention"])
-def test_verify_net_in_out_with_metadata_shapes(fusion):
-    command = ["-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json"]
-    command += ["--config_file", "configs/train.yaml", "--fusion", fusion, "--device", "cpu"]
-    result = subprocess.run([sys.executable, *command], cwd=BUNDLE, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "data shape of network is verified with no error" in result.stdout + result.stderr
-
-
-def test_metadata_validates_against_the_shipped_schema():
-    command = ["-m", "monai.bundle", "verify_metadata", "--meta_file", "configs/metadata.json"]
-    command += ["--filepath", "docs/metadata_schema.json"]
-    result = subprocess.run([sys.executable, *command], cwd=BUNDLE, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "metadata is verified with no error" in result.stdout + result.stderr
-
-
 def test_paper_config_builds_the_papers_network_from_a_local_vit(tmp_path):
     from conftest import bundle_parser
     from transformers import ViTConfig, ViTModel

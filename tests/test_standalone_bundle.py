@@ -90,6 +90,17 @@ def test_inferring_runs_in_the_copied_bundle(copied_bundle):
     assert "1. liver" in result.stdout
 
 
+def test_inferring_runs_from_the_repository_root_with_the_bundles_root(tmp_path):
+    """The README's other form: the configs' paths from the repository root, and --bundle_root bundle."""
+    configs = ["bundle/configs/train.yaml", "bundle/configs/inference.yaml"]
+    arguments = ["--bundle_root", "bundle", "--output_dir", str(tmp_path / "out")]
+    arguments += ["--dataset_dir", str(tmp_path / "example"), "--feature_cache_dir", str(tmp_path / "cache")]
+    run_in(BUNDLE.parent, "inferring", configs, *arguments)
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert scores["queries"][0]["ranking"][0]["organ"] == "liver"
+    assert Path(scores["image"]).is_relative_to(tmp_path / "example")
+
+
 @pytest.mark.slow
 def test_evaluating_runs_in_the_copied_bundle(copied_bundle):
     run_in(

@@ -41,6 +41,26 @@ SMALL_NETWORK = {  # a small network and few phantoms, for tests of the wiring r
 }
 
 
+def files_outside_git(root: Path) -> set[str]:
+    """Every file under ``root`` that git does not track (ignored ones included), environments and caches aside."""
+    command = ["git", "status", "--porcelain", "--ignored", "-uall", "--", "."]
+    command += [f":(exclude){pattern}" for pattern in (".venv*", "*.egg-info", ".ruff_cache", ".pytest_cache")]
+    listed = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True).stdout.splitlines()
+    return {line[3:] for line in listed if line[:2] in ("??", "!!") and "__pycache__" not in line}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_into_the_checkout():
+    """Tests write only to temporary folders: the session fails if it left a new file in the checkout."""
+    if not (REPO / ".git").exists():
+        yield
+        return
+    before = files_outside_git(REPO)
+    yield
+    written = sorted(files_outside_git(REPO) - before)
+    assert not written, f"the tests wrote into the checkout: {written[:10]}"
+
+
 @pytest.fixture(scope="session")
 def shared_ct() -> Path:
     """The real scans of ../shared/data/ct; CI always has them, a user's clone may not."""

@@ -133,16 +133,18 @@ def test_rank_maps_carry_each_organs_rank_on_the_ct_grid(shared_ct, tmp_path):
 def test_default_run_works_right_after_install(tmp_path):
     out = tmp_path / "out"
     result = run_inferring(
-        "--output_dir", str(out), "--example_dir", str(tmp_path / "example"), "--feature_cache_dir", str(tmp_path / "c")
+        "--output_dir", str(out), "--dataset_dir", str(tmp_path / "example"), "--feature_cache_dir", str(tmp_path / "c")
     )
     assert result.returncode == 0, result.stderr.decode()[-4000:]
-    (query,) = json.loads((out / "scores.json").read_text())["queries"]
+    scores = json.loads((out / "scores.json").read_text())
+    (query,) = scores["queries"]
     assert query["text"] == "dark urine and yellowing of the eyes"
+    assert Path(scores["image"]).is_relative_to(tmp_path / "example")  # the example scan, written to dataset_dir
     assert (out / "query_000.png").is_file() and (out / "query_000_probability_map.nii.gz").is_file()
 
 
 def test_undecodable_symptom_on_the_command_line(tmp_path):
-    example = ("--example_dir", str(tmp_path / "example"))  # the default scan, written to a temporary folder
+    example = ("--dataset_dir", str(tmp_path / "example"))  # the default scan, written to a temporary folder
     result = run_inferring("--symptom", b"pain \xff\xfe in the belly", "--output_dir", str(tmp_path / "out"), *example)
     assert result.returncode != 0
     assert b"symptom is not valid UTF-8 text" in result.stderr

@@ -58,7 +58,7 @@ def inferred(tmp_path_factory) -> dict[str, dict[str, float]]:
     out = tmp_path_factory.mktemp("textbook")
     queries = write_queries(out / "queries.jsonl", [*TEXTBOOK, *UNRELATED, DEMO])
     result = run_inferring(
-        "--queries_file", str(queries), "--output_dir", str(out / "out"), "--example_dir", str(out / "scan"),
+        "--queries_file", str(queries), "--output_dir", str(out / "out"), "--dataset_dir", str(out / "scan"),
         "--feature_cache_dir", str(out / "cache"), timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]

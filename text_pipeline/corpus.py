@@ -41,7 +41,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
         raise FileNotFoundError(f"{path} does not exist")
     raw = path.read_bytes()
     try:
-        content = raw.decode("utf-8")
+        content = raw.decode("utf-8-sig")  # a byte order mark, as some editors save UTF-8, is not content
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         raise ValueError(f"{path}:{line}: not UTF-8 text (byte {error.start})") from None

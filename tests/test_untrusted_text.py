@@ -1,0 +1,88 @@
+"""Text is data, never code: symptoms and paths from the command line are scored or refused, never evaluated."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import BUNDLE, run_inferring
+from scripts.overrides import command_line_overrides, refuse_config_syntax_in_text_overrides
+from scripts.phantom import write_phantom_dataset
+
+from text_pipeline.corpus import read_queries
+
+
+def code_writing(marker: Path) -> str:
+    """A symptom that MONAI's config parser would run: it writes ``marker`` and evaluates to "pain"."""
+    return f'$__import__("pathlib").Path("{marker}").write_text("ran") and "pain"'
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> dict:
+    (scan,) = write_phantom_dataset(tmp_path_factory.mktemp("phantom"), num_cases=1, seed=11)
+    return scan
+
+
+def symptom_query(*arguments: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "scripts/symptom_query.py", *arguments]
+    return subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+
+
+def test_the_plain_command_scores_config_syntax_as_the_text_it_is(phantom, tmp_path):
+    marker = tmp_path / "marker"
+    texts = [code_writing(marker), "@label", "%bundle_root", "None", "pain"]
+    arguments = ["--image", phantom["image"], "--label", phantom["label"], "--label_convention", phantom["convention"]]
+    arguments += [argument for text in texts for argument in ("--symptom", text)]
+    arguments += ["--output_dir", str(tmp_path / "out"), "--feature_cache_dir", str(tmp_path / "cache")]
+    result = symptom_query(*arguments)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not marker.exists()  # nothing ran
+    queries = json.loads((tmp_path / "out" / "scores.json").read_text())["queries"]
+    assert [query["text"] for query in queries] == texts  # scored as typed
+    code, pain = queries[0]["probabilities"], queries[-1]["probabilities"]
+    assert code != pain  # had the expression run, the text scored would have been "pain"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--symptom={code}", r"--symptom starts with '\$', and MONAI's bundle runner runs it as Python"),
+        ("--symptom @label", "--symptom starts with '@', and MONAI's bundle runner reads another config entry"),
+        ("--symptom %bundle_root", "--symptom starts with '%'"),
+        ("--symptom None", "--symptom 'None' is not a symptom"),
+        ("--symptom null", "--symptom 'null' is not a symptom"),
+        ("--output_dir {code}", r"--output_dir starts with '\$'"),
+    ],
+)
+def test_inferring_refuses_config_syntax_in_a_text_override_before_anything_runs(tmp_path, override, message):
+    marker = tmp_path / "marker"
+    key, _, value = override.replace("=", " ", 1).partition(" ")
+    value = value.format(code=code_writing(marker))
+    out = tmp_path / "out"
+    arguments = [f"{key}={value}"] if "=" in override else [key, value]
+    if key != "--output_dir":
+        arguments += ["--output_dir", str(out)]
+    result = run_inferring(*arguments, "--dataset_dir", str(tmp_path / "example"))
+    assert result.returncode != 0
+    assert not marker.exists() and not out.exists()
+    assert "refused" in result.stderr or "is not a symptom" in result.stderr
+    assert re.search(message, result.stderr), result.stderr[-2000:]
+    assert "scripts/symptom_query.py" in result.stderr
+
+
+def test_command_line_overrides_read_both_forms_as_typed():
+    argv = ["run", "inferring", "--config_file", "x", "--symptom=$a b", "--image", "@c", "--flag", "--output_dir", "%d"]
+    assert command_line_overrides(argv) == {"config_file": "x", "symptom": "$a b", "image": "@c", "output_dir": "%d"}
+    refuse_config_syntax_in_text_overrides(argv=["run", "--symptom", "pain $5 co-pay", "--seed", "$1"])  # not text
+    with pytest.raises(ValueError, match="--image starts with '@'"):
+        refuse_config_syntax_in_text_overrides(argv=["--image", "@c"])
+
+
+def test_a_queries_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    queries = tmp_path / "queries.jsonl"
+    queries.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "jaundice"}).encode() + b"\n")
+    assert [query.text for query in read_queries(queries)] == ["jaundice"]

@@ -48,6 +48,15 @@ LABEL_CONVENTIONS: Mapping[str, Mapping[int, str]] = MappingProxyType(
     }
 )
 
+LARGEST_ID: Mapping[str, int] = MappingProxyType(  # every convention's id range is 0..LARGEST_ID
+    {
+        "btcv": 13,  # 13 organs
+        "totalseg_total": 117,  # TotalSegmentator v2, task total: 117 classes
+        "totalseg_total_mr": 50,  # task total_mr: 50 classes
+        "medsora": len(ORGANS),
+    }
+)
+
 
 def organ_lookup_table(convention: str, max_label: int = 255) -> np.ndarray:
     """Lookup table remapping a label map of ``convention`` to this project's labels.

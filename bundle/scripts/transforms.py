@@ -21,7 +21,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from scripts.label_conventions import organ_lookup_table
+from scripts.label_conventions import LARGEST_ID, organ_lookup_table
 from scripts.scan_io import check_finite_voxels, check_scan_path
 from text_pipeline.organs import ORGANS
 
@@ -154,9 +154,15 @@ class RemapOrgansd(MapTransform):
             if convention is None:
                 raise ValueError(f"label map {name} has no '{self.convention_key}' and no default convention is set")
             label = d[key]
-            values = torch.as_tensor(label).round().long()
-            if values.numel() and (values.min() < 0 or values.max() > 65535):
-                raise ValueError(f"label map {name} holds values outside 0..65535; is it a label map?")
+            values = whole_label_values(torch.as_tensor(label), name)
+            largest = LARGEST_ID.get(str(convention))
+            if values.numel() and largest is not None and (values.min() < 0 or values.max() > largest):
+                outside = torch.unique(values[(values < 0) | (values > largest)])
+                shown = ", ".join(str(int(value)) for value in outside[:5]) + (", ..." if len(outside) > 5 else "")
+                raise ValueError(
+                    f"label map {name} holds ids {shown}, outside the {convention} convention's 0..{largest}: is "
+                    "label_convention right, and is the file a label map?"
+                )
             lut = torch.from_numpy(organ_lookup_table(str(convention), max_label=max(int(values.max()), 0)))
             remapped = lut[values]
             if not remapped.any():
@@ -165,6 +171,22 @@ class RemapOrgansd(MapTransform):
             if self.voxels_prefix is not None:
                 d[f"{self.voxels_prefix}{key}"] = organ_voxel_counts(remapped)
         return d
+
+
+def whole_label_values(label: torch.Tensor, name: str, atol: float = 1e-3) -> torch.Tensor:
+    """The label map's ids as integers, or an error naming the file if it holds values that are not whole numbers
+    (a label map resampled with linear interpolation, say): rounding them would give organs other ids."""
+    values = label.as_tensor() if isinstance(label, MetaTensor) else label
+    if values.is_floating_point():
+        off = (values - values.round()).abs() > atol
+        if bool(off.any()):
+            example = float(values[off].flatten()[0])
+            raise ValueError(
+                f"label map {name} holds values that are not whole numbers ({int(off.sum())} voxels, e.g. "
+                f"{example:g}): a label map holds integer ids; was it resampled with linear interpolation? Resample "
+                "it with nearest-neighbour interpolation"
+            )
+    return values.round().long()
 
 
 def organ_voxel_counts(label: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,8 @@ def test_a_totalsegmentator_label_map_read_as_medsora_ids_is_refused(shared_ct, 
     scan = shared_ct / "patient_a"
     result = run_inferring(
         "--image", str(scan / "ct.nii.gz"), "--label", str(scan / "seg_totalseg.nii.gz"),
-        "--label_convention", "medsora", "--output_dir", str(tmp_path / "out"), "--feature_cache_dir", str(tmp_path / "c"),
+        "--label_convention", "medsora", "--output_dir", str(tmp_path / "out"),
+        "--feature_cache_dir", str(tmp_path / "c"),
     )  # fmt: skip
     assert result.returncode != 0
     assert "outside the medsora convention's 0..7: is label_convention right" in result.stderr

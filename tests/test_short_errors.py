@@ -1,0 +1,44 @@
+"""A user error ends a bundle run with its message alone, before anything is created or written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import BUNDLE, run_inferring
+
+
+def test_a_user_error_ends_with_its_message_alone(tmp_path):
+    result = run_inferring("--image", str(tmp_path / "nowhere.nii.gz"), "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-2:] == [
+        f"error: image {tmp_path / 'nowhere.nii.gz'} does not exist",
+        "(the full traceback: set MEDSORA_DEBUG=1)",
+    ]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_medsora_debug_keeps_the_traceback(tmp_path):
+    command = [sys.executable, "-m", "monai.bundle", "run", "inferring"]
+    command += ["--config_file", "['configs/train.yaml','configs/inference.yaml']", "--image", str(tmp_path / "x")]
+    environment = {**os.environ, "MEDSORA_DEBUG": "1"}
+    result = subprocess.run(command, cwd=BUNDLE, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "Failed to evaluate ConfigExpression" in result.stderr
+    assert f"image {tmp_path / 'x'} does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("setting", ["num_epochs", "batch_size"])
+def test_training_refuses_a_setting_below_one_by_name_before_writing(tmp_path, setting):
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
+    command += [f"--{setting}", "-1", "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval")]
+    command += ["--phantom_dir", str(tmp_path / "phantoms")]
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert f"error: {setting} must be a whole number of at least 1, got -1" in result.stderr
+    assert "max_epochs" not in result.stderr
+    assert not any(tmp_path.iterdir())  # no TensorBoard file, checkpoint or phantom

@@ -15,6 +15,7 @@ from monai.transforms import Orientation
 from scripts.data import preprocess_scan
 from scripts.label_conventions import LABEL_CONVENTIONS
 from scripts.organ_features import OrganFeatureCache
+from scripts.output_folder import OutputFolder
 from scripts.reasoning import SymptomOrganReasoner, ranked
 from scripts.rendering import (
     organ_rank_map,
@@ -52,6 +53,7 @@ def read_symptoms(symptom: object, queries_file: str | Path | None, reasoner: Sy
 
 
 AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's and MONAI's meaning of "RAS"
+INFERENCE_OUTPUTS = ("scores.json", "query_*.png", "query_*_probability_map.nii.gz", "query_*_organ_ranks.nii.gz")
 
 
 def to_file_grid(volume_ras: np.ndarray, ct: MetaTensor) -> tuple[np.ndarray, np.ndarray]:
@@ -130,10 +132,13 @@ class SymptomInference:
         fewer than ``min_voxels`` voxels on the network's grid, each with its voxel count there), and per query
         ``query_<i>_probability_map.nii.gz`` (on the CT file's voxel grid and affine, whatever its orientation:
         each organ's voxels carry its probability, background 0) and ``query_<i>.png`` (orthogonal
-        maximum-intensity views coloured by probability, the query and the top organs written on it). Every input
-        is checked before anything is written, and every file is written whole or not at all: a DICOM folder must
-        hold exactly one series, a CT (several series are listed by UID, description and slice count), and the
-        CT must be finite and in Hounsfield units (``ValidateScand``; an MR is refused as such).
+        maximum-intensity views coloured by probability, the query and the top organs written on it).
+
+        Every input is checked before anything is written: a DICOM folder must hold exactly one series, a CT
+        (several series are listed by UID, description and slice count), and the CT must be finite and in
+        Hounsfield units (``ValidateScand``; an MR is refused as such). The run's files appear together or not at
+        all: staged, then moved in, replacing the files an earlier run left in ``output_dir``; a second run on the
+        same ``output_dir`` at the same time is refused (``scripts.output_folder``).
 
         Args:
             scan: ``{"image": CT (NIfTI file or DICOM series folder), "label": its organ label map on the same
@@ -152,67 +157,71 @@ class SymptomInference:
         check_scan_path(label, role="label", require_ct=False)
         output_dir = writable_output_dir(output_dir)
         scan = {"image": str(image), "label": str(label), "convention": convention}
-        loaded = preprocess_scan(scan, self.scan_loading)
-        ct, organ_ids = loaded["image"], loaded["label"]
-        ct_ras, organs_ras = ct[0].numpy().copy(), organ_ids[0].numpy().copy()
-        organs = self.feature_cache(scan, samples=lambda: preprocess_scan(loaded, self.organ_preprocessing))
-        absent, too_small = organs.absent_organs(), organs.too_small_organs()
-        probabilities = self.reasoner.probabilities(symptoms, organs)
-        unexplained = sorted(
-            {organ for row in probabilities for organ, p in zip(ORGANS, row) if not np.isfinite(p)}
-            - set(absent)
-            - set(too_small)
-        )
-        if unexplained:  # never report an organ as present with a null probability
-            raise ValueError(f"no probability could be computed for {', '.join(unexplained)} in {image}")
-
-        results = []
-        for index, (text, row) in enumerate(zip(symptoms, probabilities)):
-            values = [float(p) if np.isfinite(p) else None for p in row]
-            stem = f"query_{index:03d}"
-            map_on_file_grid, file_affine = to_file_grid(probability_map(organs_ras, values), ct)
-            map_file = output_dir / f"{stem}_probability_map.nii.gz"
-            map_path = write_probability_map(map_file, map_on_file_grid, file_affine)
-            picture = render_probability_views(
-                output_dir / f"{stem}.png",
-                ct_ras,
-                organs_ras,
-                values,
-                text,
-                voxel_spacing(ct),
-                top_k=self.top_k,
-                hu_window=self.hu_window,
+        with OutputFolder(output_dir, INFERENCE_OUTPUTS) as folder:
+            loaded = preprocess_scan(scan, self.scan_loading)
+            ct, organs_ras = loaded["image"], loaded["label"][0].numpy().copy()
+            organs = self.feature_cache(scan, samples=lambda: preprocess_scan(loaded, self.organ_preprocessing))
+            absent, too_small = organs.absent_organs(), organs.too_small_organs()
+            probabilities = self.reasoner.probabilities(symptoms, organs)
+            unexplained = sorted(
+                {organ for row in probabilities for organ, p in zip(ORGANS, row) if not np.isfinite(p)}
+                - set(absent)
+                - set(too_small)
             )
-            ranking = ranked(row)
-            results.append(
-                {
-                    "text": text,
-                    "probabilities": dict(zip(ORGANS, values)),
-                    "ranking": [{"organ": organ, "probability": p} for organ, p in ranking],
-                    "probability_map": str(map_path),
-                    "picture": str(picture),
-                }
-            )
-            if self.rank_maps:
-                ranks, _ = to_file_grid(organ_rank_map(organs_ras, values), ct)
-                ranks_file = write_volume(output_dir / f"{stem}_organ_ranks.nii.gz", ranks, file_affine)
-                results[-1]["organ_ranks"] = str(ranks_file)
-            lines = (f"  {rank}. {organ:<14} {p:.3f}" for rank, (organ, p) in enumerate(ranking, 1))
-            print(f"\n{text}\n" + "\n".join(lines))
-            print(f"  picture: {picture}", flush=True)
-        if absent or too_small:
-            notes = [f"  not in the scan: {', '.join(absent)}"] if absent else []
-            if too_small:
-                small = ", ".join(f"{organ} ({count} voxels)" for organ, count in too_small.items())
-                notes.append(f"  too small on the network's grid to be scored: {small}")
-            print("\nno probability for:\n" + "\n".join(notes), flush=True)
-        report = {
-            "image": str(image),
-            "label": str(label),
-            "label_convention": convention,
-            "organs_not_in_scan": absent,
-            "organs_too_small": too_small,
-            "queries": results,
-        }
-        write_json_atomically(output_dir / "scores.json", report)
+            if unexplained:  # never report an organ as present with a null probability
+                raise ValueError(f"no probability could be computed for {', '.join(unexplained)} in {image}")
+            results = [
+                self._write_query(folder, f"query_{index:03d}", text, row, ct, organs_ras)
+                for index, (text, row) in enumerate(zip(symptoms, probabilities))
+            ]
+            if absent or too_small:
+                notes = [f"  not in the scan: {', '.join(absent)}"] if absent else []
+                if too_small:
+                    small = ", ".join(f"{organ} ({count} voxels)" for organ, count in too_small.items())
+                    notes.append(f"  too small on the network's grid to be scored: {small}")
+                print("\nno probability for:\n" + "\n".join(notes), flush=True)
+            report = {
+                "image": str(image),
+                "label": str(label),
+                "label_convention": convention,
+                "organs_not_in_scan": absent,
+                "organs_too_small": too_small,
+                "queries": results,
+            }
+            write_json_atomically(folder.staged("scores.json"), report)
         return report
+
+    def _write_query(
+        self, folder: OutputFolder, stem: str, text: str, row: np.ndarray, ct: MetaTensor, organs_ras: np.ndarray
+    ) -> dict:
+        """One query's probability map, picture (and rank map), staged in ``folder``; its entry of scores.json."""
+        values = [float(p) if np.isfinite(p) else None for p in row]
+        map_on_file_grid, file_affine = to_file_grid(probability_map(organs_ras, values), ct)
+        write_probability_map(folder.staged(f"{stem}_probability_map.nii.gz"), map_on_file_grid, file_affine)
+        picture = f"{stem}.png"
+        render_probability_views(
+            folder.staged(picture),
+            ct[0].numpy(),
+            organs_ras,
+            values,
+            text,
+            voxel_spacing(ct),
+            self.top_k,
+            self.hu_window,
+        )
+        ranking = ranked(row)
+        entry = {
+            "text": text,
+            "probabilities": dict(zip(ORGANS, values)),
+            "ranking": [{"organ": organ, "probability": p} for organ, p in ranking],
+            "probability_map": str(folder.final(f"{stem}_probability_map.nii.gz")),
+            "picture": str(folder.final(picture)),
+        }
+        if self.rank_maps:
+            ranks, _ = to_file_grid(organ_rank_map(organs_ras, values), ct)
+            write_volume(folder.staged(f"{stem}_organ_ranks.nii.gz"), ranks, file_affine)
+            entry["organ_ranks"] = str(folder.final(f"{stem}_organ_ranks.nii.gz"))
+        lines = (f"  {rank}. {organ:<14} {p:.3f}" for rank, (organ, p) in enumerate(ranking, 1))
+        print(f"\n{text}\n" + "\n".join(lines))
+        print(f"  picture: {entry['picture']}", flush=True)
+        return entry

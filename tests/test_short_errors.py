@@ -42,3 +42,15 @@ def test_training_refuses_a_setting_below_one_by_name_before_writing(tmp_path, s
     assert f"error: {setting} must be a whole number of at least 1, got -1" in result.stderr
     assert "max_epochs" not in result.stderr
     assert not any(tmp_path.iterdir())  # no TensorBoard file, checkpoint or phantom
+
+
+def test_evaluating_checks_its_queries_before_the_image_half_writes_anything(tmp_path):
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text('{"text": "jaundice", "organs": ["liver"]}\n{"text": "dark urine",\n', encoding="utf-8")
+    command = [sys.executable, "-m", "monai.bundle", "run", "evaluating"]
+    command += ["--config_file", "['configs/train.yaml','configs/evaluate.yaml']", "--queries_file", str(queries)]
+    command += ["--output_dir", str(tmp_path / "eval"), "--phantom_dir", str(tmp_path / "phantoms")]
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert f"error: {queries}:2: not valid JSON" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["queries.jsonl"]  # no phantoms, no metrics, no logs

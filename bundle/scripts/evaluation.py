@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from scripts.organ_features import organ_image_features
-from scripts.reasoning import SymptomOrganReasoner
-from text_pipeline.corpus import read_query_sources
+from scripts.reasoning import MAX_SYMPTOM_WORDS, SymptomOrganReasoner, check_symptom
+from text_pipeline.corpus import Query, read_query_sources
 from text_pipeline.files import write_json_atomically
 from text_pipeline.metrics import METRIC_KEYS, evaluate_scores_on_organs, ranking_target
 from text_pipeline.organs import ORGANS
@@ -32,12 +32,34 @@ def _query_status(query, target: str | None) -> str:
     return "ranked" if target is not None else "excluded"
 
 
+def read_checked_queries(
+    queries_file: str | Path | list[str | Path], max_symptom_words: int = MAX_SYMPTOM_WORDS
+) -> list[Query]:
+    """The queries of ``queries_file`` (a JSON-lines file, ``corpus:test``, ``corpus:ood`` or a list of them), each
+    text checked as a symptom: ``evaluating`` reads them before its image half runs and writes anything.
+
+    Raises:
+        ValueError: a malformed query or a text that is no symptom (the message names the file and line or query).
+    """
+    sources = _sources(queries_file)
+    queries = read_query_sources(sources)
+    named = ", ".join(map(str, sources))
+    for index, query in enumerate(queries):
+        check_symptom(query.text, f"query {index + 1} of {named}", max_symptom_words)
+    return queries
+
+
+def _sources(queries_file: str | Path | list[str | Path]) -> list[str | Path]:
+    return [queries_file] if isinstance(queries_file, str | Path) else list(queries_file)
+
+
 def evaluate_symptoms(
     reasoner: SymptomOrganReasoner,
     samples: Sequence[dict],
     queries_file: str | Path | list[str | Path],
     output_dir: str | Path,
     device: str = "cpu",
+    queries: Sequence[Query] | None = None,
 ) -> dict:
     """Score every query against the organs of ``samples`` and write ``output_dir/metrics.json``.
 
@@ -71,16 +93,14 @@ def evaluate_symptoms(
         queries_file: a JSON-lines file of ``{"text", "organs", "primary"}``, ``"corpus:test"``, or a list of them.
         output_dir: where ``metrics.json`` goes.
         device: where the network runs.
+        queries: the queries of ``queries_file``, already read with :func:`read_checked_queries`; None: read here.
 
     Raises:
         ValueError: no samples at all, a malformed query (the message names the file and line), or no
             in-domain query that names an organ present in the scans.
     """
-    sources = [queries_file] if isinstance(queries_file, str | Path) else list(queries_file)
-    queries = read_query_sources(sources)
-    reasoner.check(
-        (query.text for query in queries), where=lambda index: f"query {index + 1} of {', '.join(map(str, sources))}"
-    )
+    sources = _sources(queries_file)
+    queries = read_checked_queries(queries_file, reasoner.max_symptom_words) if queries is None else list(queries)
     organs = organ_image_features(reasoner.network, samples, device)
     evaluated = [organ for organ, present in zip(ORGANS, organs.present.tolist()) if present]
     scores = reasoner.probabilities([query.text for query in queries], organs)

@@ -263,6 +263,22 @@ def test_organ_features_of_a_scan_are_computed_once(components, shared_ct, tmp_p
     assert probabilities.shape == (len(IN_DOMAIN), len(ORGANS)) and ((0 <= probabilities) & (probabilities <= 1)).all()
 
 
+def test_a_corrupt_feature_cache_entry_is_named_and_computed_anew(components, shared_ct, tmp_path, caplog):
+    reasoner, _, parser = components
+    preprocessing = parser.get_parsed_content("preprocessing")
+    settings = dict(network=reasoner.network, model_path=parser["model_path"], cache_dir=tmp_path / "cache")
+    scan = {"image": str(shared_ct / "patient_a" / "ct.nii.gz"), "convention": "totalseg_total"}
+    scan["label"] = str(shared_ct / "patient_a" / "seg_totalseg.nii.gz")
+    first = OrganFeatureCache(preprocessing=preprocessing, **settings)(scan)
+    (entry,) = (tmp_path / "cache").glob("*.pt")
+    entry.write_bytes(entry.read_bytes()[:100])  # cut short, as by a full disk
+    again = OrganFeatureCache(preprocessing=preprocessing, **settings)(scan)
+    assert torch.allclose(again.features, first.features, atol=1e-6) and torch.equal(again.counts, first.counts)
+    assert f"organ feature cache entry {entry} is unreadable" in caplog.text
+    reread = OrganFeatureCache(preprocessing=lambda _: pytest.fail("the rewritten entry should be read"), **settings)
+    assert torch.equal(reread(scan).features, again.features)
+
+
 def test_organ_image_features_are_unit_means_per_organ(components):
     reasoner, _, _ = components
     generator = torch.Generator().manual_seed(0)

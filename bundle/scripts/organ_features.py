@@ -125,6 +125,20 @@ def _file_stamp(path: Path) -> list:
     return [[str(file), file.stat().st_size, file.stat().st_mtime_ns] for file in files if file.is_file()]
 
 
+def _read_cache_entry(file: Path) -> OrganFeatures | None:
+    """A cache file's organ features, or None (with a warning naming the file) if it cannot be read or is not a
+    cache entry: a file cut short by a full disk, say. The caller computes the features anew and rewrites it."""
+    try:
+        stored = torch.load(file, map_location="cpu", weights_only=True)
+        features = OrganFeatures(stored["features"], stored["counts"], stored.get("organ_voxels"))
+        if features.features.shape[0] != len(ORGANS) or features.counts.shape != (len(ORGANS),):
+            raise ValueError(f"shapes {tuple(features.features.shape)} and {tuple(features.counts.shape)}")
+    except Exception as error:  # any unreadable entry is recomputed, never trusted
+        logger.warning("organ feature cache entry %s is unreadable (%s): computing the features anew", file, error)
+        return None
+    return features
+
+
 class OrganFeatureCache:
     """Organ image features of each scan, computed once: in memory, and on disk if ``cache_dir`` is set.
 
@@ -181,9 +195,8 @@ class OrganFeatureCache:
         if key in self._memory:
             return self._memory[key]
         file = self.cache_dir / f"{key}.pt" if self.cache_dir is not None else None
-        if file is not None and file.is_file():
-            stored = torch.load(file, map_location="cpu", weights_only=True)
-            features = OrganFeatures(stored["features"], stored["counts"], stored.get("organ_voxels"))
+        features = _read_cache_entry(file) if file is not None and file.is_file() else None
+        if features is not None:
             logger.info("organ features of %s read from the cache %s", scan["image"], file)
         else:
             scan_samples = organ_samples([scan], self.preprocessing) if samples is None else samples()

@@ -66,7 +66,7 @@ class SymptomInferTask(InferTask):
         parser.read_meta(str(self.bundle_dir / "configs" / "metadata.json"))
         parser.update({"bundle_root": str(self.bundle_dir), "device": device, "feature_cache_dir": feature_cache_dir})
         parser["dataset"] = []  # each request brings its scan; the config's example scan is never written
-        parser["rank_maps"] = True
+        parser["rank_maps"] = parser["query_files"] = True
         self.inference = parser.get_parsed_content("evaluator")
         self.conventions, self.default_convention = tuple(LABEL_CONVENTIONS), label_convention
         self.version = parser.get_parsed_content("_meta_#version")

@@ -46,7 +46,7 @@ def patient_a_run(shared_ct, tmp_path_factory):
     result = run_inferring(
         "--image", str(scan / "ct.nii.gz"), "--label", str(scan / "seg_totalseg.nii.gz"),
         "--label_convention", "totalseg_total", "--queries_file", str(queries), "--output_dir", str(out),
-        "--feature_cache_dir", str(out.parent / "cache_a"),
+        "--query_files", "true", "--feature_cache_dir", str(out.parent / "cache_a"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     return scan, out, json.loads((out / "scores.json").read_text()), result.stdout.decode()
@@ -128,6 +128,21 @@ def test_rank_maps_carry_each_organs_rank_on_the_ct_grid(shared_ct, tmp_path):
     assert set(np.unique(ranks)) == {0, 1, 2, 3, 4, 5}  # patient_b holds 5 of the organs
     for rank, entry in enumerate(query["ranking"], start=1):
         np.testing.assert_allclose(probabilities[ranks == rank], entry["probability"], rtol=1e-6)
+
+
+def test_a_queries_file_gets_its_scores_alone_unless_files_are_asked_for(shared_ct, tmp_path):
+    queries = write_queries(tmp_path / "queries.jsonl", IN_DOMAIN)
+    scan = shared_ct / "patient_a"
+    result = run_inferring(
+        "--image", str(scan / "ct.nii.gz"), "--label", str(scan / "seg_totalseg.nii.gz"),
+        "--label_convention", "totalseg_total", "--queries_file", str(queries), "--output_dir", str(tmp_path / "out"),
+        "--feature_cache_dir", str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["scores.json"]
+    assert f"the scores of {len(IN_DOMAIN)} queries are in" in result.stdout.decode()
+    queries = json.loads((tmp_path / "out" / "scores.json").read_text())["queries"]
+    assert [query["text"] for query in queries] == IN_DOMAIN and "picture" not in queries[0]
 
 
 def test_default_run_works_right_after_install(tmp_path):

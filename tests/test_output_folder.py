@@ -56,7 +56,7 @@ def test_inferring_into_a_reused_output_dir_leaves_only_this_runs_files(tmp_path
     arguments += ["--label_convention", "totalseg_total", "--output_dir", str(out)]
     arguments += ["--feature_cache_dir", str(tmp_path / "cache")]
     two = write_queries(tmp_path / "two.jsonl", ["jaundice", "blood in the urine"])
-    assert run_inferring(*arguments, "--queries_file", str(two)).returncode == 0
+    assert run_inferring(*arguments, "--queries_file", str(two), "--query_files", "true").returncode == 0
     assert (out / "query_001.png").is_file()
     result = run_inferring(*arguments, "--symptom", "heartburn after meals")
     assert result.returncode == 0, result.stderr[-3000:]

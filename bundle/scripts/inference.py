@@ -94,6 +94,7 @@ class SymptomInference:
         hu_window: the CT window of the pictures.
         rank_maps: also write per query ``query_<i>_organ_ranks.nii.gz``, each organ's voxels carrying its rank
             (uint8, 1 = the most probable), for viewers that show label maps, not values.
+        query_files: write each query's probability map and picture (False: scores.json alone, for many queries).
     """
 
     def __init__(
@@ -109,12 +110,13 @@ class SymptomInference:
         top_k: int = 3,
         hu_window: Sequence[float] = (-175.0, 250.0),
         rank_maps: bool = False,
+        query_files: bool = True,
     ) -> None:
         self.reasoner, self.feature_cache = reasoner, feature_cache
         self.scan_loading, self.organ_preprocessing = scan_loading, organ_preprocessing
         self.dataset, self.output_dir = dataset, output_dir
         self.symptom, self.queries_file = symptom, queries_file
-        self.top_k, self.hu_window, self.rank_maps = top_k, hu_window, rank_maps
+        self.top_k, self.hu_window, self.rank_maps, self.query_files = top_k, hu_window, rank_maps, query_files
 
     def run(self) -> dict:
         """Score the configured symptom (or queries) on the scan of ``dataset``, written to ``output_dir``."""
@@ -170,10 +172,20 @@ class SymptomInference:
             )
             if unexplained:  # never report an organ as present with a null probability
                 raise ValueError(f"no probability could be computed for {', '.join(unexplained)} in {image}")
+            if self.query_files and len(symptoms) > 1:
+                print(f"writing {len(symptoms)} probability maps and pictures to {output_dir}", flush=True)
             results = [
                 self._write_query(folder, f"query_{index:03d}", text, row, ct, organs_ras)
+                if self.query_files
+                else self._query_entry(text, row)
                 for index, (text, row) in enumerate(zip(symptoms, probabilities))
             ]
+            if not self.query_files:
+                print(
+                    f"the scores of {len(symptoms)} queries are in {output_dir / 'scores.json'}; no probability maps "
+                    "or pictures were written (query_files false: set --query_files true to write them)",
+                    flush=True,
+                )
             if absent or too_small:
                 notes = [f"  not in the scan: {', '.join(absent)}"] if absent else []
                 if too_small:
@@ -209,11 +221,8 @@ class SymptomInference:
             self.top_k,
             self.hu_window,
         )
-        ranking = ranked(row)
         entry = {
-            "text": text,
-            "probabilities": dict(zip(ORGANS, values)),
-            "ranking": [{"organ": organ, "probability": p} for organ, p in ranking],
+            **self._query_entry(text, row),
             "probability_map": str(folder.final(f"{stem}_probability_map.nii.gz")),
             "picture": str(folder.final(picture)),
         }
@@ -221,7 +230,17 @@ class SymptomInference:
             ranks, _ = to_file_grid(organ_rank_map(organs_ras, values), ct)
             write_volume(folder.staged(f"{stem}_organ_ranks.nii.gz"), ranks, file_affine)
             entry["organ_ranks"] = str(folder.final(f"{stem}_organ_ranks.nii.gz"))
-        lines = (f"  {rank}. {organ:<14} {p:.3f}" for rank, (organ, p) in enumerate(ranking, 1))
-        print(f"\n{text}\n" + "\n".join(lines))
         print(f"  picture: {entry['picture']}", flush=True)
         return entry
+
+    @staticmethod
+    def _query_entry(text: str, row: np.ndarray) -> dict:
+        """A query's entry of scores.json without files: its text, probabilities and ranking (also printed)."""
+        ranking = ranked(row)
+        lines = (f"  {rank}. {organ:<14} {p:.3f}" for rank, (organ, p) in enumerate(ranking, 1))
+        print(f"\n{text}\n" + "\n".join(lines), flush=True)
+        return {
+            "text": text,
+            "probabilities": dict(zip(ORGANS, [float(p) if np.isfinite(p) else None for p in row])),
+            "ranking": [{"organ": organ, "probability": p} for organ, p in ranking],
+        }

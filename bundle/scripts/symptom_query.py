@@ -33,6 +33,11 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default=str(BUNDLE / "eval" / "inference"), help="where the results go")
     parser.add_argument("--feature_cache_dir", default=str(BUNDLE / "eval" / "organ_feature_cache"))
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--query_files",
+        choices=("true", "false"),
+        help="write each query's probability map and picture (default: true for --symptom, false for --queries_file)",
+    )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     if bool(args.symptom) == bool(args.queries_file):
@@ -57,6 +62,7 @@ def query(args: argparse.Namespace) -> dict:
     parser.update({"bundle_root": str(BUNDLE), "dataset": [], "device": args.device, "feature_cache_dir": None})
     inference = parser.get_parsed_content("evaluator")
     inference.feature_cache.cache_dir = Path(args.feature_cache_dir)
+    inference.query_files = args.query_files == "true" if args.query_files else not args.queries_file
     symptoms = args.symptom or read_symptoms(None, args.queries_file, inference.reasoner)
     scan = {"image": args.image, "label": args.label, "convention": args.label_convention}
     return inference.infer(scan, symptoms, args.output_dir)

@@ -11,7 +11,8 @@ from conftest import BUNDLE, run_inferring
 
 
 def test_a_user_error_ends_with_its_message_alone(tmp_path):
-    result = run_inferring("--image", str(tmp_path / "nowhere.nii.gz"), "--output_dir", str(tmp_path / "out"))
+    arguments = ["--image", str(tmp_path / "nowhere.nii.gz"), "--label", str(tmp_path / "seg.nii.gz")]
+    result = run_inferring(*arguments, "--label_convention", "btcv", "--output_dir", str(tmp_path / "out"))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines[-2:] == [
@@ -25,6 +26,7 @@ def test_a_user_error_ends_with_its_message_alone(tmp_path):
 def test_medsora_debug_keeps_the_traceback(tmp_path):
     command = [sys.executable, "-m", "monai.bundle", "run", "inferring"]
     command += ["--config_file", "['configs/train.yaml','configs/inference.yaml']", "--image", str(tmp_path / "x")]
+    command += ["--label", str(tmp_path / "y"), "--label_convention", "btcv"]
     environment = {**os.environ, "MEDSORA_DEBUG": "1"}
     result = subprocess.run(command, cwd=BUNDLE, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
@@ -54,3 +56,10 @@ def test_evaluating_checks_its_queries_before_the_image_half_writes_anything(tmp
     assert result.returncode == 1
     assert f"error: {queries}:2: not valid JSON" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["queries.jsonl"]  # no phantoms, no metrics, no logs
+
+
+def test_a_ct_without_its_label_map_is_refused_before_the_example_scan_is_written(tmp_path):
+    result = run_inferring("--image", str(tmp_path / "ct.nii.gz"), "--dataset_dir", str(tmp_path / "example"))
+    assert result.returncode == 1
+    assert "error: --image given without --label, --label_convention: give them together" in result.stderr
+    assert not (tmp_path / "example").exists()

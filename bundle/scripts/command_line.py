@@ -129,6 +129,16 @@ def require_positive_integers(**settings: object) -> None:
             raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
 
 
+def require_given_together(ids: Sequence[str], argv: Sequence[str] | None = None) -> None:
+    """Raise unless the command line overrides all of ``ids`` or none of them (``--image`` without ``--label``
+    would otherwise pair the CT with the example scan's label map)."""
+    overrides = command_line_overrides(sys.argv[1:] if argv is None else argv)
+    given = [key for key in ids if key in overrides]
+    if given and len(given) != len(ids):
+        missing = ", ".join(f"--{key}" for key in ids if key not in overrides)
+        raise ValueError(f"{', '.join(f'--{key}' for key in given)} given without {missing}: give them together")
+
+
 def check_command_line() -> None:
     """The first step of every bundle run: plain user errors, then the text overrides checked."""
     report_user_errors_plainly()

@@ -22,6 +22,9 @@ SHARED_CT = REPO.parent / "shared" / "data" / "ct"
 TEXT_EMBEDDINGS = Path(tempfile.mkdtemp(prefix="medsora-test-embeddings-"))
 """The text encoder's embedding cache of every test and every bundle run they start: never the checkout's."""
 atexit.register(shutil.rmtree, TEXT_EMBEDDINGS, True)
+EXAMPLE_SCANS = Path(tempfile.mkdtemp(prefix="medsora-test-example-"))
+"""inference.yaml's dataset_dir (its example phantom) for every parser the tests build: never the checkout's."""
+atexit.register(shutil.rmtree, EXAMPLE_SCANS, True)
 
 if str(BUNDLE) not in sys.path:
     sys.path.insert(0, str(BUNDLE))
@@ -88,7 +91,7 @@ def inference_parser(**overrides) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config([str(BUNDLE / "configs" / name) for name in ("train.yaml", "inference.yaml")])
     parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
-    parser.update({"bundle_root": str(BUNDLE), **overrides})
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(EXAMPLE_SCANS), **overrides})
     return parser
 
 

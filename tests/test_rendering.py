@@ -10,14 +10,8 @@ import pytest
 import torch
 from scipy import ndimage
 from scripts.label_conventions import organ_lookup_table
-from scripts.rendering import (
-    OVERLAY_ALPHA,
-    OVERLAY_COLORMAP,
-    organ_rank_map,
-    probability_map,
-    render_probability_views,
-    write_probability_map,
-)
+from scripts.organ_maps import organ_rank_map, probability_map, write_probability_map
+from scripts.rendering import OVERLAY_ALPHA, OVERLAY_COLORMAP, render_probability_views
 
 from text_pipeline.organs import ORGANS
 

@@ -15,15 +15,10 @@ from monai.transforms import Orientation
 from scripts.data import preprocess_scan
 from scripts.label_conventions import LABEL_CONVENTIONS
 from scripts.organ_features import OrganFeatureCache
+from scripts.organ_maps import organ_rank_map, probability_map, write_probability_map, write_volume
 from scripts.output_folder import OutputFolder
 from scripts.reasoning import SymptomOrganReasoner, ranked
-from scripts.rendering import (
-    organ_rank_map,
-    probability_map,
-    render_probability_views,
-    write_probability_map,
-    write_volume,
-)
+from scripts.rendering import render_probability_views
 from scripts.scan_io import check_scan_path
 from text_pipeline.corpus import read_query_sources
 from text_pipeline.files import write_json_atomically

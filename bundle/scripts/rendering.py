@@ -1,8 +1,6 @@
-"""Organ probability maps of a CT scan, as NIfTI volumes and as a picture for a reader.
+"""Organ probabilities of a CT scan as a picture for a reader (the volumes: ``scripts.organ_maps``).
 
-:func:`probability_map` paints each organ of a label map (this project's ids: 0 = background, ``i + 1`` =
-``ORGANS[i]``) with the model's probability for that organ; :func:`write_probability_map` saves such a map as a
-NIfTI volume beside the scan. :func:`render_probability_views` draws the picture in the spirit of the Med-SORA
+:func:`render_probability_views` draws the picture in the spirit of the Med-SORA
 paper's Fig. 7: maximum-intensity projections of the CT in three orthogonal views with the organs coloured by
 probability, the query as title and the most likely organs listed beside the views.
 
@@ -18,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
 import numpy as np
 import torch
 
+from scripts.organ_maps import as_numpy, checked_organ_ids, checked_probabilities, voxel_values
 from text_pipeline.files import write_atomically
 from text_pipeline.organs import ORGANS
 
@@ -29,7 +27,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["probability_map", "write_probability_map", "render_probability_views"]
+__all__ = ["render_probability_views"]
 
 OVERLAY_COLORMAP = "plasma"
 OVERLAY_ALPHA = 0.75
@@ -40,7 +38,6 @@ _TITLE_CHARS = 120
 _TITLE_LINES = 3
 _TITLE_LINE_HEIGHT = 0.04
 _NO_ORGAN = -1.0
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _CONVENTION_NOTE = (
     "Radiological convention: patient's right on the image left (axial, coronal), anterior at the top (axial) "
     "and on the left (sagittal), superior at the top (coronal, sagittal)."
@@ -72,88 +69,6 @@ class _View:
     overlay: np.ma.MaskedArray
     aspect: float
     width_mm: float
-
-
-def probability_map(organ_labels: np.ndarray | torch.Tensor, probabilities: Sequence[float | None]) -> np.ndarray:
-    """A volume in which each organ's voxels carry the probability of that organ.
-
-    Args:
-        organ_labels: integer organ ids of any shape, 0 = background and ``i + 1`` = ``ORGANS[i]`` (a float
-            array holding whole numbers, as MONAI loads label maps, is accepted too).
-        probabilities: one probability in [0, 1] per organ, in ``ORGANS`` order; None or NaN for an organ absent
-            from the scan.
-
-    Returns:
-        float32 array of ``organ_labels``' shape: each organ's probability on its voxels, 0 on background and on
-        the voxels of organs without a probability.
-
-    Raises:
-        ValueError: if there is not one probability per organ, a probability is outside [0, 1], or the labels are
-            not integers in ``0..len(ORGANS)``.
-    """
-    table = _voxel_values(_checked_probabilities(probabilities), missing=0.0)
-    return table[_checked_organ_ids(organ_labels)]
-
-
-def organ_rank_map(organ_labels: np.ndarray | torch.Tensor, probabilities: Sequence[float | None]) -> np.ndarray:
-    """A label map in which each organ's voxels carry the organ's rank by probability (1: the most probable, ties
-    in ``ORGANS`` order), for viewers that show label maps rather than values (3D Slicer's MONAI Label module).
-
-    Args:
-        organ_labels: integer organ ids, as for :func:`probability_map`.
-        probabilities: one probability per organ, as for :func:`probability_map`.
-
-    Returns:
-        uint8 array of ``organ_labels``' shape: ranks 1..n on the n organs with a probability, 0 elsewhere.
-    """
-    probs = _checked_probabilities(probabilities)
-    scored = sorted((index for index in range(len(ORGANS)) if not np.isnan(probs[index])), key=lambda i: -probs[i])
-    table = np.zeros(len(ORGANS) + 1, dtype=np.uint8)
-    for rank, index in enumerate(scored, start=1):
-        table[index + 1] = rank
-    return table[_checked_organ_ids(organ_labels)]
-
-
-def write_probability_map(path: str | Path, prob_map: np.ndarray, affine: np.ndarray) -> Path:
-    """Write a probability map as a float32 NIfTI volume, atomically.
-
-    Both the qform and the sform hold ``affine`` with code 1 (scanner), so every reader places the map as the scan.
-
-    Args:
-        path: the ``.nii`` or ``.nii.gz`` file to create or replace.
-        prob_map: a 3D map, e.g. from :func:`probability_map`.
-        affine: the 4x4 voxel-to-world matrix of the scan the map belongs to.
-
-    Returns:
-        ``path``.
-
-    Raises:
-        ValueError: if ``prob_map`` is not 3D, ``affine`` is not a finite 4x4 affine matrix or ``path`` does not
-            name a NIfTI file; nothing is written then.
-    """
-    return write_volume(path, np.asarray(_as_numpy(prob_map), dtype=np.float32), affine)
-
-
-def write_volume(path: str | Path, volume: np.ndarray, affine: np.ndarray) -> Path:
-    """Write a 3D volume as NIfTI with its own dtype, atomically; the qform and the sform both hold ``affine``
-    with code 1 (scanner).
-
-    Raises:
-        ValueError: if ``volume`` is not 3D, ``affine`` is not a finite 4x4 affine matrix or ``path`` does not
-            name a NIfTI file; nothing is written then.
-    """
-    path = Path(path)
-    data = np.asarray(volume)
-    matrix = np.asarray(affine, dtype=np.float64)
-    if data.ndim != 3:
-        raise ValueError(f"the volume must be 3D; got shape {data.shape}")
-    _check_affine(matrix)
-    if not path.name.endswith(_NIFTI_SUFFIXES):
-        raise ValueError(f"path must end with .nii or .nii.gz to be written as NIfTI; got {path.name!r}")
-    image = nib.Nifti1Image(data, matrix)
-    image.set_qform(matrix, code=1)
-    image.set_sform(matrix, code=1)
-    return write_atomically(path, lambda tmp: nib.save(image, tmp))
 
 
 def render_probability_views(
@@ -192,11 +107,11 @@ def render_probability_views(
             ``top_k`` below 1 or a ``path`` not ending with ``.png``.
     """
     path = Path(path)
-    volume = _as_numpy(ct)
-    labels = _as_numpy(organ_labels)
+    volume = as_numpy(ct)
+    labels = as_numpy(organ_labels)
     _check_volumes(volume, labels)
-    organ_ids = _checked_organ_ids(labels)
-    probs = _checked_probabilities(probabilities)
+    organ_ids = checked_organ_ids(labels)
+    probs = checked_probabilities(probabilities)
     voxel_size = _checked_spacing(spacing)
     window = _checked_window(hu_window)
     if top_k < 1:
@@ -204,70 +119,10 @@ def render_probability_views(
     if path.suffix.lower() != ".png":
         raise ValueError(f"path must end with .png; got {path.name!r}")
 
-    ray_values = _voxel_values(probs, missing=_NO_ORGAN)[organ_ids]
+    ray_values = voxel_values(probs, missing=_NO_ORGAN)[organ_ids]
     views = [_project(volume, ray_values, spec, voxel_size) for spec in _VIEWS]
     figure = _draw(views, _title(query), _organ_lines(probs, top_k), window)
     return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=FIGURE_DPI))
-
-
-def _as_numpy(values: Any) -> np.ndarray:
-    """``values`` as a numpy array (torch tensors are detached and moved to the CPU)."""
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
-
-
-def _checked_probabilities(probabilities: Sequence[float | None]) -> np.ndarray:
-    """The probabilities as a float64 array in ``ORGANS`` order, NaN for organs without one."""
-    if isinstance(probabilities, torch.Tensor):
-        probabilities = probabilities.tolist()
-    values = list(probabilities)
-    if len(values) != len(ORGANS):
-        raise ValueError(
-            f"probabilities must have one entry per organ ({len(ORGANS)}: {', '.join(ORGANS)}); got {len(values)}"
-        )
-    probs = np.array([np.nan if value is None else float(value) for value in values], dtype=np.float64)
-    for organ, prob in zip(ORGANS, probs):
-        if not np.isnan(prob) and not 0.0 <= prob <= 1.0:
-            raise ValueError(
-                f"probabilities must be in [0, 1] (None or NaN for an organ absent from the scan); "
-                f"got {prob} for {organ}"
-            )
-    return probs
-
-
-def _checked_organ_ids(organ_labels: np.ndarray | torch.Tensor) -> np.ndarray:
-    """The labels as an integer array, after checking they are organ ids ``0..len(ORGANS)``."""
-    labels = _as_numpy(organ_labels)
-    if labels.dtype.kind not in "iuf":
-        raise ValueError(f"organ_labels must hold integer organ ids; got dtype {labels.dtype}")
-    if labels.size == 0:
-        return labels.astype(np.intp)
-    if labels.dtype.kind == "f":
-        whole = labels == np.floor(labels)
-        if not whole.all():
-            raise ValueError(f"organ_labels must be whole numbers (organ ids); found {labels[~whole].flat[0]}")
-    low, high = labels.min(), labels.max()
-    if low < 0 or high > len(ORGANS):
-        raise ValueError(
-            f"organ_labels must be organ ids 0..{len(ORGANS)} (0 = background, i + 1 = ORGANS[i]); "
-            f"found values {low}..{high}"
-        )
-    return labels if labels.dtype.kind in "iu" else labels.astype(np.intp)
-
-
-def _voxel_values(probs: np.ndarray, missing: float) -> np.ndarray:
-    """Lookup table from organ id to voxel value: the organ's probability, ``missing`` for background and NaN."""
-    table = np.concatenate([[np.nan], probs])
-    return np.where(np.isnan(table), missing, table).astype(np.float32)
-
-
-def _check_affine(matrix: np.ndarray) -> None:
-    """Raise ValueError unless ``matrix`` is a finite 4x4 affine matrix (last row 0 0 0 1)."""
-    if matrix.shape != (4, 4):
-        raise ValueError(f"affine must be a 4x4 matrix; got shape {matrix.shape}")
-    if not np.isfinite(matrix).all() or not np.allclose(matrix[3], (0.0, 0.0, 0.0, 1.0)):
-        raise ValueError(f"affine must be finite with last row 0 0 0 1; got\n{matrix}")
 
 
 def _check_volumes(ct: np.ndarray, organ_labels: np.ndarray) -> None:

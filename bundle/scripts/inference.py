@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,18 +22,6 @@ from scripts.scan_io import check_scan_path
 from text_pipeline.corpus import read_query_sources
 from text_pipeline.files import write_json_atomically
 from text_pipeline.organs import ORGANS
-
-
-def writable_output_dir(output_dir: str | Path) -> Path:
-    """``output_dir``, created if needed, after checking a file can be written there (before any work is done)."""
-    output_dir = Path(output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-check-"):
-            pass
-    except OSError as error:
-        raise PermissionError(f"output_dir {output_dir} cannot be written: {error.strerror or error}") from None
-    return output_dir
 
 
 def read_symptoms(symptom: object, queries_file: str | Path | None, reasoner: SymptomOrganReasoner) -> list[str]:
@@ -152,7 +139,7 @@ class SymptomInference:
             raise ValueError(f"unknown label_convention {convention!r}; known: {', '.join(LABEL_CONVENTIONS)}")
         check_scan_path(image, role="image", require_ct=True)  # before MONAI's loader silently picks one series
         check_scan_path(label, role="label", require_ct=False)
-        output_dir = writable_output_dir(output_dir)
+        output_dir = Path(output_dir)
         scan = {"image": str(image), "label": str(label), "convention": convention}
         with OutputFolder(output_dir, INFERENCE_OUTPUTS) as folder:
             loaded = preprocess_scan(scan, self.scan_loading)

@@ -2,7 +2,8 @@
 
 A run that fails leaves ``output_dir`` as it found it; a run that succeeds leaves only its own outputs there (the
 files an earlier run wrote with the same patterns are removed, so no stale ``query_001.png`` survives a run with
-one query); two runs on one ``output_dir`` at once are refused, naming the process that holds it.
+one query); two runs on one ``output_dir`` at once are refused, naming the process that holds it; an
+``output_dir`` that cannot be written is refused before the run's work starts.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ class OutputFolder:
         self.staging: Path | None = None
 
     def __enter__(self) -> OutputFolder:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = os.open(self.output_dir, os.O_RDONLY)
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = os.open(self.output_dir, os.O_RDONLY)
+        except OSError as error:
+            raise self._unwritable(error) from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -50,8 +54,16 @@ class OutputFolder:
                 f"output_dir {self.output_dir} is in use by another run (process {', '.join(holders) or 'unknown'}): "
                 "wait for it to finish, or choose another output_dir"
             ) from None
-        self.staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.output_dir))
+        try:
+            self.staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.output_dir))
+        except OSError as error:
+            os.close(self._lock)
+            self._lock = None
+            raise self._unwritable(error) from None
         return self
+
+    def _unwritable(self, error: OSError) -> PermissionError:
+        return PermissionError(f"output_dir {self.output_dir} cannot be written: {error.strerror or error}")
 
     def staged(self, name: str) -> Path:
         """Where to write output ``name`` during the run."""

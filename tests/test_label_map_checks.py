@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_inferring
-from scripts.label_conventions import LARGEST_ID
+from scripts.label_conventions import LABEL_CONVENTIONS, LARGEST_ID
 from scripts.transforms import RemapOrgansd
 
 from text_pipeline.organs import ORGANS
@@ -26,6 +26,11 @@ def test_non_integer_label_values_are_refused_not_rounded():
     label[2:] = 1.0000001  # float storage error is not a different id
     remapped = remap(label, "totalseg_total")
     assert set(torch.unique(remapped).tolist()) == {ORGANS.index("liver") + 1, ORGANS.index("spleen") + 1}
+
+
+def test_every_convention_has_its_id_range():
+    assert set(LARGEST_ID) == set(LABEL_CONVENTIONS)
+    assert all(max(LABEL_CONVENTIONS[name]) <= LARGEST_ID[name] for name in LABEL_CONVENTIONS)
 
 
 @pytest.mark.parametrize("convention", sorted(LARGEST_ID))

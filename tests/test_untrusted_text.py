@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 from conftest import BUNDLE, run_inferring
-from scripts.command_line import command_line_overrides, refuse_config_syntax_in_text_overrides
+from scripts.command_line import (
+    as_typed,
+    command_line_overrides,
+    refuse_changed_text_overrides,
+    refuse_config_syntax_in_text_overrides,
+)
 from scripts.phantom import write_phantom_dataset
 
 from text_pipeline.corpus import read_queries
@@ -87,3 +92,34 @@ def test_a_queries_file_saved_with_a_byte_order_mark_is_read(tmp_path):
     queries = tmp_path / "queries.jsonl"
     queries.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "jaundice"}).encode() + b"\n")
     assert [query.text for query in read_queries(queries)] == ["jaundice"]
+
+
+def test_inferring_scores_the_symptom_as_typed_where_monais_command_line_would_change_it(tmp_path):
+    typed = "pain, nausea, vomiting # since Monday"  # fire alone reads this as the tuple ('pain', 'nausea', 'vomiting')
+    out = tmp_path / "out"
+    folders = {"--output_dir": out, "--dataset_dir": tmp_path / "example", "--feature_cache_dir": tmp_path / "cache"}
+    result = run_inferring("--symptom", typed, *(str(part) for pair in folders.items() for part in pair))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (query,) = json.loads((out / "scores.json").read_text())["queries"]
+    assert query["text"] == typed
+
+
+@pytest.mark.parametrize("typed", ["pain, nausea", "pain # after meals", "1", "True", "[pain]", "'dark urine'"])
+def test_a_typed_symptom_wins_over_what_the_command_line_parser_made_of_it(typed):
+    assert as_typed("symptom", object(), argv=["run", "inferring", "--symptom", typed]) == typed
+    assert as_typed("symptom", object(), argv=["run", "inferring", f"--symptom={typed}"]) == typed
+    assert as_typed("symptom", "the config's", argv=["run", "inferring", "--seed", "1"]) == "the config's"
+
+
+@pytest.mark.parametrize(
+    ("typed", "read"), [("scan#1.nii.gz", "'scan'"), ("2024", "2024"), ("a, b", r"\('a', 'b'\)"), ("True", "True")]
+)
+def test_a_path_the_command_line_parser_would_change_is_refused_naming_how_to_quote_it(typed, read):
+    with pytest.raises(ValueError, match=rf"--image '{re.escape(typed)}' would reach the bundle as {read}.*--image '\"") as error:
+        refuse_changed_text_overrides(argv=["--image", typed])
+    assert f"""'"{typed}"'""" in str(error.value)
+
+
+def test_paths_typed_as_plain_names_or_as_literals_pass():
+    argv = ["--image", "/data/ct 1.nii.gz", "--label", '"seg#1.nii.gz"', "--queries_file", "['corpus:test','corpus:ood']"]
+    refuse_changed_text_overrides(argv=argv + ["--output_dir", "out/run-3", "--symptom", "pain, nausea"])

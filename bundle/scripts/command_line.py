@@ -8,6 +8,10 @@
   line (fire) turns ``None`` into Python's None. For a symptom, a file name or a folder, any of these would be a
   silent wrong answer or code run from a patient's text: :func:`refuse_config_syntax_in_text_overrides` refuses
   them before any override is used, naming the plain command that scores any text.
+- fire, MONAI's command line, reads an override as a Python literal where it can: ``pain, nausea`` becomes a
+  tuple, ``pain # after meals`` becomes ``pain`` (``#`` starts a comment), ``2024`` a number. The symptom reaches
+  the model as typed (:func:`as_typed`); an override of another text id that fire would change is refused
+  (:func:`refuse_changed_text_overrides`).
 - MONAI reports an error inside a component as a 100-line traceback ending in "Failed to instantiate
   component": :func:`report_user_errors_plainly` makes a user error (a bad file, argument or text: ``ValueError``,
   ``FileNotFoundError``, ``PermissionError``, ``NotADirectoryError``, or a scan that cannot be read,
@@ -41,6 +45,8 @@ TEXT_IDS = (  # ids whose value is text or a path: never meant as an expression
     "vit_pretrained_dir",
 )
 PLAIN_COMMAND = "python scripts/symptom_query.py --symptom TEXT ... (in the bundle's folder)"
+TYPED_IDS = ("symptom",)  # taken as typed (as_typed), so fire's reading of them does not matter
+LITERAL_STARTS = ("'", '"', "[", "(", "{")  # a value starting so is Python literal syntax, typed on purpose
 
 
 def command_line_overrides(argv: Sequence[str]) -> dict[str, str]:
@@ -84,6 +90,44 @@ def refuse_config_syntax_in_text_overrides(ids: Sequence[str] = TEXT_IDS, argv: 
                 f"--symptom {value!r} is not a symptom (MONAI's command line would read it as None and score the "
                 f"default example instead): describe the symptom, or score the word itself with `{PLAIN_COMMAND}`"
             )
+
+
+def fire_reading(value: str) -> object:
+    """What fire, MONAI's command line, makes of a typed override ``value``."""
+    from fire.parser import DefaultParseValue
+
+    return DefaultParseValue(value)
+
+
+def refuse_changed_text_overrides(ids: Sequence[str] = TEXT_IDS, argv: Sequence[str] | None = None) -> None:
+    """Raise if fire turns a command-line override of a text id into anything but the text typed (``scan#1.nii.gz``
+    into ``scan``, ``2024`` into a number), unless the value was typed as a Python literal (``'"a#b"'``, a list).
+
+    Raises:
+        ValueError: naming the id, what was typed, what the bundle would get, and how to type it.
+    """
+    overrides = command_line_overrides(sys.argv[1:] if argv is None else argv)
+    for key in ids:
+        typed = overrides.get(key)
+        if key in TYPED_IDS or typed is None or typed.lstrip().startswith(LITERAL_STARTS):
+            continue
+        read = fire_reading(typed)
+        if read != typed:
+            raise ValueError(
+                f"--{key} {typed!r} would reach the bundle as {read!r}: MONAI's command line reads a value as Python "
+                f"where it can ('#' starts a comment, a comma makes a tuple, digits a number). Quote it inside the "
+                f"shell's quotes: --{key} '\"{typed}\"'"
+            )
+
+
+def as_typed(key: str, value: object, argv: Sequence[str] | None = None) -> object:
+    """The text typed for ``--key`` on the command line, if it was given there, else ``value`` (the config's).
+
+    For a symptom, fire's reading would be a silent wrong answer: ``pain, nausea, vomiting`` would be a tuple and
+    ``pain # after meals`` would be scored as ``pain``.
+    """
+    typed = command_line_overrides(sys.argv[1:] if argv is None else argv).get(key)
+    return value if typed is None else typed
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
@@ -143,3 +187,4 @@ def check_command_line() -> None:
     """The first step of every bundle run: plain user errors, then the text overrides checked."""
     report_user_errors_plainly()
     refuse_config_syntax_in_text_overrides()
+    refuse_changed_text_overrides()

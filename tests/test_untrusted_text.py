@@ -115,11 +115,12 @@ def test_a_typed_symptom_wins_over_what_the_command_line_parser_made_of_it(typed
     ("typed", "read"), [("scan#1.nii.gz", "'scan'"), ("2024", "2024"), ("a, b", r"\('a', 'b'\)"), ("True", "True")]
 )
 def test_a_path_the_command_line_parser_would_change_is_refused_naming_how_to_quote_it(typed, read):
-    with pytest.raises(ValueError, match=rf"--image '{re.escape(typed)}' would reach the bundle as {read}.*--image '\"") as error:
+    message = rf"--image '{re.escape(typed)}' would reach the bundle as {read}.*--image '\""
+    with pytest.raises(ValueError, match=message) as error:
         refuse_changed_text_overrides(argv=["--image", typed])
     assert f"""'"{typed}"'""" in str(error.value)
 
 
 def test_paths_typed_as_plain_names_or_as_literals_pass():
-    argv = ["--image", "/data/ct 1.nii.gz", "--label", '"seg#1.nii.gz"', "--queries_file", "['corpus:test','corpus:ood']"]
-    refuse_changed_text_overrides(argv=argv + ["--output_dir", "out/run-3", "--symptom", "pain, nausea"])
+    argv = ["--image", "/data/ct 1.nii.gz", "--label", '"seg#1.nii.gz"', "--output_dir", "out/run-3"]
+    refuse_changed_text_overrides(argv=argv + ["--queries_file", "['corpus:test','corpus:ood']", "--symptom", "a, b"])

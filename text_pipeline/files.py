@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,38 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def write_json_atomically(path: str | Path, content: Any) -> Path:
-    """Write ``content`` as indented JSON, atomically."""
-    text = json.dumps(content, indent=2) + "\n"
-    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def write_json_atomically(path: str | Path, content: Any, stream: Sequence[str] = ()) -> Path:
+    """Write ``content`` as indented JSON, atomically.
+
+    Args:
+        path: the file.
+        content: anything ``json`` writes; with ``stream``, a dict.
+        stream: keys of ``content`` whose values are sequences written one entry at a time (a sequence that makes
+            each entry when it is read is then never held whole, nor is the text); the file is the same.
+    """
+    if not stream:
+        text = json.dumps(content, indent=2) + "\n"
+        return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def indented(value: Any, depth: int) -> str:
+        return json.dumps(value, indent=2).replace("\n", "\n" + "  " * depth)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as file:
+            file.write("{")
+            for number, (key, value) in enumerate(content.items()):
+                file.write(("," if number else "") + f"\n  {json.dumps(key)}: ")
+                if key not in stream:
+                    file.write(indented(value, 1))
+                    continue
+                file.write("[")
+                count = 0
+                for count, entry in enumerate(value, 1):
+                    file.write(("," if count > 1 else "") + "\n    " + indented(entry, 2))
+                file.write("\n  ]" if count else "]")
+            file.write("\n}\n" if content else "}\n")
+
+    return write_atomically(path, write)
 
 
 def write_torch_atomically(path: str | Path, content: Any) -> Path:

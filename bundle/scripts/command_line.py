@@ -14,8 +14,9 @@
   (:func:`refuse_changed_text_overrides`).
 - MONAI reports an error inside a component as a 100-line traceback ending in "Failed to instantiate
   component": :func:`report_user_errors_plainly` makes a user error (a bad file, argument or text: ``ValueError``,
-  ``FileNotFoundError``, ``PermissionError``, ``NotADirectoryError``, or a scan that cannot be read,
-  ``ScanError``) end the run with its own message alone; ``MEDSORA_DEBUG=1`` keeps the full traceback.
+  ``FileNotFoundError``, ``PermissionError``, ``NotADirectoryError``, a scan that cannot be read, ``ScanError``,
+  or a folder another run holds, ``OutputFolderInUse``) end the run with its own message alone; ``MEDSORA_DEBUG=1``
+  keeps the full traceback.
 """
 
 from __future__ import annotations
@@ -136,12 +137,14 @@ DEBUG_VARIABLE = "MEDSORA_DEBUG"
 
 def user_error(error: BaseException) -> BaseException | None:
     """The outermost user error in ``error``'s chain (MONAI wraps a component's error in RuntimeErrors; a
-    ``ScanError`` names the scan around its cause), or None if the chain holds none."""
+    ``ScanError`` names the scan around its cause; ``OutputFolderInUse`` names the other run), or None if the chain
+    holds none."""
     from scripts.data import ScanError
+    from scripts.output_folder import OutputFolderInUse
 
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, (*USER_ERRORS, ScanError)):
+        if isinstance(error, (*USER_ERRORS, ScanError, OutputFolderInUse)):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__

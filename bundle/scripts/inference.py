@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Orientation
+from tqdm.auto import tqdm
 
 from scripts.data import preprocess_scan
 from scripts.label_conventions import LABEL_CONVENTIONS
@@ -53,6 +54,51 @@ def to_file_grid(volume_ras: np.ndarray, ct: MetaTensor) -> tuple[np.ndarray, np
 def voxel_spacing(ct: MetaTensor) -> tuple[float, ...]:
     """The voxel spacing in mm along the three axes of ``ct``."""
     return tuple(float(s) for s in np.linalg.norm(ct.affine.numpy()[:3, :3], axis=0))
+
+
+class QueryScores(Sequence[dict]):
+    """The ``queries`` of scores.json, each entry made when it is read, so that a run with 50,000 queries holds
+    their texts and a [Q, O] array, not 50,000 dictionaries.
+
+    Entry ``i``: ``text``, ``probabilities`` (organ -> p, ``None`` for organs without one), ``ranking`` (the organs
+    that have one, highest first) and, if the query's files were written, their paths (``probability_map``,
+    ``picture``, ``organ_ranks``).
+    """
+
+    def __init__(
+        self, texts: Sequence[str], probabilities: np.ndarray, files: Sequence[dict[str, str]] | None = None
+    ) -> None:
+        self.texts, self.probabilities, self.files = texts, probabilities, files
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> dict:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        row = self.probabilities[index]
+        entry = {
+            "text": self.texts[index],
+            "probabilities": dict(zip(ORGANS, [float(p) if np.isfinite(p) else None for p in row])),
+            "ranking": [{"organ": organ, "probability": p} for organ, p in ranked(row)],
+        }
+        return entry if self.files is None else {**entry, **self.files[index]}
+
+
+PRINTED_QUERIES = 10  # rankings printed; all are in scores.json
+
+
+def print_rankings(queries: Sequence[dict], limit: int = PRINTED_QUERIES) -> None:
+    """The ranking of each of the first ``limit`` queries (and its picture, if written); how many more there are."""
+    for index in range(min(limit, len(queries))):
+        entry = queries[index]
+        ranking = enumerate(entry["ranking"], 1)
+        lines = [f"  {rank}. {item['organ']:<14} {item['probability']:.3f}" for rank, item in ranking]
+        if "picture" in entry:
+            lines.append(f"  picture: {entry['picture']}")
+        print(f"\n{entry['text']}\n" + "\n".join(lines), flush=True)
+    if len(queries) > limit:
+        print(f"\n... and {len(queries) - limit} more queries: all rankings are in scores.json", flush=True)
 
 
 class SymptomInference:
@@ -146,22 +192,22 @@ class SymptomInference:
             ct, organs_ras = loaded["image"], loaded["label"][0].numpy().copy()
             organs = self.feature_cache(scan, samples=lambda: preprocess_scan(loaded, self.organ_preprocessing))
             absent, too_small = organs.absent_organs(), organs.too_small_organs()
-            probabilities = self.reasoner.probabilities(symptoms, organs)
-            unexplained = sorted(
-                {organ for row in probabilities for organ, p in zip(ORGANS, row) if not np.isfinite(p)}
-                - set(absent)
-                - set(too_small)
-            )
+            probabilities = self.reasoner.probabilities(symptoms, organs, progress=True)
+            without = {ORGANS[index] for index in np.flatnonzero(~np.isfinite(probabilities).all(axis=0))}
+            unexplained = sorted(without - set(absent) - set(too_small))
             if unexplained:  # never report an organ as present with a null probability
                 raise ValueError(f"no probability could be computed for {', '.join(unexplained)} in {image}")
-            if self.query_files and len(symptoms) > 1:
-                print(f"writing {len(symptoms)} probability maps and pictures to {output_dir}", flush=True)
-            results = [
-                self._write_query(folder, f"query_{index:03d}", text, row, ct, organs_ras)
-                if self.query_files
-                else self._query_entry(text, row)
-                for index, (text, row) in enumerate(zip(symptoms, probabilities))
-            ]
+            files = None
+            if self.query_files:
+                if len(symptoms) > 1:
+                    print(f"writing {len(symptoms)} probability maps and pictures to {output_dir}", flush=True)
+                rows = tqdm(zip(symptoms, probabilities), total=len(symptoms), unit="query", disable=len(symptoms) < 2)
+                files = [
+                    self._write_query_files(folder, f"query_{index:03d}", text, row, ct, organs_ras)
+                    for index, (text, row) in enumerate(rows)
+                ]
+            queries = QueryScores(symptoms, probabilities, files)
+            print_rankings(queries)
             if not self.query_files:
                 print(
                     f"the scores of {len(symptoms)} queries are in {output_dir / 'scores.json'}; no probability maps "
@@ -180,21 +226,20 @@ class SymptomInference:
                 "label_convention": convention,
                 "organs_not_in_scan": absent,
                 "organs_too_small": too_small,
-                "queries": results,
+                "queries": queries,
             }
-            write_json_atomically(folder.staged("scores.json"), report)
+            write_json_atomically(folder.staged("scores.json"), report, stream=("queries",))
         return report
 
-    def _write_query(
+    def _write_query_files(
         self, folder: OutputFolder, stem: str, text: str, row: np.ndarray, ct: MetaTensor, organs_ras: np.ndarray
-    ) -> dict:
-        """One query's probability map, picture (and rank map), staged in ``folder``; its entry of scores.json."""
+    ) -> dict[str, str]:
+        """One query's probability map, picture (and rank map), staged in ``folder``; their final paths."""
         values = [float(p) if np.isfinite(p) else None for p in row]
         map_on_file_grid, file_affine = to_file_grid(probability_map(organs_ras, values), ct)
         write_probability_map(folder.staged(f"{stem}_probability_map.nii.gz"), map_on_file_grid, file_affine)
-        picture = f"{stem}.png"
         render_probability_views(
-            folder.staged(picture),
+            folder.staged(f"{stem}.png"),
             ct[0].numpy(),
             organs_ras,
             values,
@@ -203,26 +248,9 @@ class SymptomInference:
             self.top_k,
             self.hu_window,
         )
-        entry = {
-            **self._query_entry(text, row),
-            "probability_map": str(folder.final(f"{stem}_probability_map.nii.gz")),
-            "picture": str(folder.final(picture)),
-        }
+        files = {"probability_map": f"{stem}_probability_map.nii.gz", "picture": f"{stem}.png"}
         if self.rank_maps:
             ranks, _ = to_file_grid(organ_rank_map(organs_ras, values), ct)
             write_volume(folder.staged(f"{stem}_organ_ranks.nii.gz"), ranks, file_affine)
-            entry["organ_ranks"] = str(folder.final(f"{stem}_organ_ranks.nii.gz"))
-        print(f"  picture: {entry['picture']}", flush=True)
-        return entry
-
-    @staticmethod
-    def _query_entry(text: str, row: np.ndarray) -> dict:
-        """A query's entry of scores.json without files: its text, probabilities and ranking (also printed)."""
-        ranking = ranked(row)
-        lines = (f"  {rank}. {organ:<14} {p:.3f}" for rank, (organ, p) in enumerate(ranking, 1))
-        print(f"\n{text}\n" + "\n".join(lines), flush=True)
-        return {
-            "text": text,
-            "probabilities": dict(zip(ORGANS, [float(p) if np.isfinite(p) else None for p in row])),
-            "ranking": [{"organ": organ, "probability": p} for organ, p in ranking],
-        }
+            files["organ_ranks"] = f"{stem}_organ_ranks.nii.gz"
+        return {kind: str(folder.final(name)) for kind, name in files.items()}

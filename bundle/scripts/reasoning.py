@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from scripts.networks import MedSORANet
 from scripts.organ_features import OrganFeatures
@@ -29,6 +30,7 @@ from text_pipeline.organs import ORGANS
 from text_pipeline.text_model import load_text_model_and_encoder
 
 MAX_SYMPTOM_WORDS = 200  # all-MiniLM-L6-v2 reads 256 word pieces, about 190 English words
+SYMPTOMS_PER_BATCH = 256
 
 
 def check_symptom(text: object, where: str = "symptom", max_words: int = MAX_SYMPTOM_WORDS) -> str:
@@ -109,11 +111,22 @@ class SymptomOrganReasoner:
         return self.network.project_texts(f_bar).cpu()
 
     @torch.no_grad()
-    def probabilities(self, symptoms: Sequence[str], organs: OrganFeatures) -> np.ndarray:
-        """Steps 1-4: organ probabilities [Q, O] in [0, 1], NaN for organs absent from the scan."""
-        evidence = self.text_features(symptoms) @ organs.features.T
+    def probabilities(self, symptoms: Sequence[str], organs: OrganFeatures, progress: bool = False) -> np.ndarray:
+        """Steps 1-4: organ probabilities [Q, O] in [0, 1], NaN for organs absent from the scan.
+
+        The symptoms go through the text side ``SYMPTOMS_PER_BATCH`` at a time, so memory does not grow with Q
+        beyond the [Q, O] result; ``progress`` shows a progress bar when there are several batches.
+        """
         scale, bias = self.network.probability_scale.cpu(), self.network.probability_bias.cpu()
-        return organ_probability(evidence, scale, bias).numpy()
+        result = np.empty((len(symptoms), len(ORGANS)), dtype=np.float32)
+        show = progress and len(symptoms) > SYMPTOMS_PER_BATCH
+        with tqdm(total=len(symptoms), desc="scoring symptoms", unit="symptom", disable=not show) as bar:
+            for start in range(0, len(symptoms), SYMPTOMS_PER_BATCH):
+                batch = symptoms[start : start + SYMPTOMS_PER_BATCH]
+                evidence = self.text_features(batch) @ organs.features.T
+                result[start : start + len(batch)] = organ_probability(evidence, scale, bias).numpy()
+                bar.update(len(batch))
+        return result
 
 
 def ranked(probabilities: Sequence[float]) -> list[tuple[str, float]]:

@@ -65,7 +65,7 @@ class SymptomInferTask(InferTask):
         parser.read_config([str(self.bundle_dir / name) for name in INFERENCE_CONFIGS])
         parser.read_meta(str(self.bundle_dir / "configs" / "metadata.json"))
         parser.update({"bundle_root": str(self.bundle_dir), "device": device, "feature_cache_dir": feature_cache_dir})
-        parser["dataset"] = []  # each request brings its scan; the config's example scan is never written
+        parser["dataset"] = parser["symptoms"] = []  # each request brings its scan and symptom
         parser["rank_maps"] = parser["query_files"] = True
         self.inference = parser.get_parsed_content("evaluator")
         self.conventions, self.default_convention = tuple(LABEL_CONVENTIONS), label_convention

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import locale
 import os
 import shutil
 import subprocess
@@ -105,7 +106,7 @@ def infer_on_scan(inference, image, label, label_convention, output_dir, symptom
     """``inferring`` in process: the symptom or queries of a run, read and checked as ``run()`` does, on one scan."""
     from scripts.inference import read_symptoms
 
-    symptoms = read_symptoms(symptom, queries_file, inference.reasoner)
+    symptoms = read_symptoms(symptom, queries_file, inference.reasoner.max_symptom_words)
     return inference.infer({"image": image, "label": label, "convention": label_convention}, symptoms, output_dir)
 
 
@@ -153,3 +154,38 @@ def run_inferring(*arguments: str, timeout: int = 300) -> subprocess.CompletedPr
     """``python -m monai.bundle run inferring`` with the bundle's inference configs, from the bundle's folder."""
     command = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", INFERENCE_CONFIGS, *arguments]
     return subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=timeout)
+
+
+def write_dicom_copies(files: list[Path], out: Path, series_uid: str, description: str, modality: str | None = None):
+    """Copies of DICOM slices as another series (new SeriesInstanceUID, SOPInstanceUIDs and description), written
+    uncompressed by ITK's GDCM; the pixel data and geometry are the originals'."""
+    import itk
+
+    out.mkdir(parents=True, exist_ok=True)
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer leaves the C locale behind: Python would then
+    try:  # read text files as ASCII (bundle configs hold UTF-8)
+        _write_dicom_copies(itk, files, out, series_uid, description, modality)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+
+
+def _write_dicom_copies(itk, files, out, series_uid, description, modality) -> None:
+    for number, file in enumerate(files, 1):
+        image = itk.imread(str(file))
+        reader = itk.GDCMImageIO.New()
+        reader.SetFileName(str(file))
+        reader.ReadImageInformation()
+        source = reader.GetMetaDataDictionary()  # owned by reader: use it while reader lives
+        header = itk.MetaDataDictionary()
+        for key in source.GetKeys():  # the file meta group and SOP class are GDCM's to write
+            if not key.startswith("0002|") and key not in ("0008|0016", "7fe0|0010"):
+                header[key] = source[key]
+        header["0020|000e"] = series_uid
+        header["0008|0018"] = f"{series_uid}.{number}"
+        header["0008|103e"] = description
+        if modality is not None:
+            header["0008|0060"] = modality
+        image.SetMetaDataDictionary(header)
+        io = itk.GDCMImageIO.New()
+        io.KeepOriginalUIDOn()
+        itk.imwrite(image, str(out / f"copy_{number:03d}.dcm"), imageio=io)

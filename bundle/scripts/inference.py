@@ -17,7 +17,7 @@ from scripts.label_conventions import LABEL_CONVENTIONS
 from scripts.organ_features import OrganFeatureCache
 from scripts.organ_maps import organ_rank_map, probability_map, write_probability_map, write_volume
 from scripts.output_folder import OutputFolder
-from scripts.reasoning import SymptomOrganReasoner, ranked
+from scripts.reasoning import MAX_SYMPTOM_WORDS, SymptomOrganReasoner, check_symptom, ranked
 from scripts.rendering import render_probability_views
 from scripts.scan_io import check_scan_path
 from text_pipeline.corpus import read_query_sources
@@ -25,14 +25,17 @@ from text_pipeline.files import write_json_atomically
 from text_pipeline.organs import ORGANS
 
 
-def read_symptoms(symptom: object, queries_file: str | Path | None, reasoner: SymptomOrganReasoner) -> list[str]:
-    """The queries of a run: one ``symptom`` or the texts of ``queries_file``, each checked, never both."""
+def read_symptoms(
+    symptom: object = None, queries_file: str | Path | None = None, max_words: int = MAX_SYMPTOM_WORDS
+) -> list[str]:
+    """The queries of a run: one ``symptom`` or the texts of ``queries_file``, never both, each checked
+    (:func:`~scripts.reasoning.check_symptom`) before a scan is read or anything is written."""
     if (symptom is None) == (queries_file is None):
         raise ValueError("set exactly one of symptom (one text) and queries_file (a JSON-lines file of queries)")
     if symptom is not None:
-        return reasoner.check([symptom], where=lambda _: "symptom")
-    queries = read_query_sources([queries_file])
-    return reasoner.check([query.text for query in queries], where=lambda index: f"{queries_file}: query {index + 1}")
+        return [check_symptom(symptom, "symptom", max_words)]
+    texts = [query.text for query in read_query_sources([queries_file])]
+    return [check_symptom(text, f"{queries_file}: query {index}", max_words) for index, text in enumerate(texts, 1)]
 
 
 AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's and MONAI's meaning of "RAS"
@@ -116,8 +119,7 @@ class SymptomInference:
         organ_preprocessing: a loaded scan -> the network's organ samples.
         dataset: the scans :meth:`run` infers on, ``{"image", "label", "convention"}`` each (one).
         output_dir: where :meth:`run` writes.
-        symptom: the one symptom :meth:`run` scores; or
-        queries_file: a JSON-lines file of ``{"text", ...}`` queries.
+        symptoms: the texts :meth:`run` scores (inference.yaml's ``symptoms``: ``--symptom`` or the queries file).
         top_k: organs written on each picture.
         hu_window: the CT window of the pictures.
         rank_maps: also write per query ``query_<i>_organ_ranks.nii.gz``, each organ's voxels carrying its rank
@@ -133,8 +135,7 @@ class SymptomInference:
         organ_preprocessing: Callable,
         dataset: Sequence[dict] = (),
         output_dir: str | Path | None = None,
-        symptom: object = None,
-        queries_file: str | Path | None = None,
+        symptoms: Sequence[str] = (),
         top_k: int = 3,
         hu_window: Sequence[float] = (-175.0, 250.0),
         rank_maps: bool = False,
@@ -143,16 +144,15 @@ class SymptomInference:
         self.reasoner, self.feature_cache = reasoner, feature_cache
         self.scan_loading, self.organ_preprocessing = scan_loading, organ_preprocessing
         self.dataset, self.output_dir = dataset, output_dir
-        self.symptom, self.queries_file = symptom, queries_file
+        self.symptoms = symptoms
         self.top_k, self.hu_window, self.rank_maps, self.query_files = top_k, hu_window, rank_maps, query_files
 
     def run(self) -> dict:
-        """Score the configured symptom (or queries) on the scan of ``dataset``, written to ``output_dir``."""
+        """Score ``symptoms`` on the scan of ``dataset``, written to ``output_dir``."""
         scans = list(getattr(self.dataset, "data", self.dataset))
         if len(scans) != 1:
             raise ValueError(f"inferring takes one scan at a time; its dataset holds {len(scans)}")
-        symptoms = read_symptoms(self.symptom, self.queries_file, self.reasoner)
-        return self.infer(scans[0], symptoms, self.output_dir)
+        return self.infer(scans[0], self.symptoms, self.output_dir)
 
     def infer(self, scan: dict, symptoms: Sequence[object], output_dir: str | Path) -> dict:
         """Organ probabilities of each symptom on ``scan``, written to ``output_dir``.

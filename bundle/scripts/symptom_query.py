@@ -60,10 +60,11 @@ def query(args: argparse.Namespace) -> dict:
     parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
     # only the script's own values enter the config: the device was checked against DEVICE above
     parser.update({"bundle_root": str(BUNDLE), "dataset": [], "device": args.device, "feature_cache_dir": None})
+    parser["symptoms"] = []  # this script's own, below: nothing of its command line enters the config
     inference = parser.get_parsed_content("evaluator")
     inference.feature_cache.cache_dir = Path(args.feature_cache_dir)
     inference.query_files = args.query_files == "true" if args.query_files else not args.queries_file
-    symptoms = args.symptom or read_symptoms(None, args.queries_file, inference.reasoner)
+    symptoms = args.symptom or read_symptoms(None, args.queries_file, inference.reasoner.max_symptom_words)
     scan = {"image": args.image, "label": args.label, "convention": args.label_convention}
     return inference.infer(scan, symptoms, args.output_dir)
 

@@ -102,7 +102,7 @@ def in_case(arguments: Arguments) -> Arguments:
 
 
 def run_settings(case_dir: Path) -> list[str]:
-    """Every folder a training or evaluation run writes, inside the case's folder."""
+    """Every folder a training or evaluation run writes, inside the case's folder (``--ckpt_dir`` first)."""
     folders = {"ckpt_dir": "models", "output_dir": "eval", "phantom_dir": "phantoms", "text_embedding_cache": "emb"}
     return [part for key, name in folders.items() for part in (f"--{key}", str(case_dir / name))]
 
@@ -314,6 +314,18 @@ CASES = [
          "refused before the image half writes anything (was: image metrics written first)",
          in_case(settings("--queries_file", "queries.jsonl")), r"error: \S*queries\.jsonl:2: not valid JSON",
          before=queries_file(b'{"text": "jaundice", "organs": ["liver"]}\n{"text"\n')),
+    # models
+    Case("inferring", "`--model_path` a file that is not weights", CLEAR_ERROR, "refused, naming the file",
+         in_case(on_scan("phantom", "--model_path", "model.pt")),
+         r"error: model weights \S*model\.pt cannot be read as a PyTorch state dict",
+         before=lambda case_dir, scans: (case_dir / "model.pt").write_text("not weights") and None),
+    Case("evaluating", "`--model_path` that does not exist", CLEAR_ERROR, "refused before anything is written",
+         lambda case_dir, scans: ["--model_path", str(case_dir / "none.pt"), *run_settings(case_dir)],
+         r"error: model weights \S*none\.pt do not exist"),
+    Case("evaluating", "`--text_artifacts` a folder without the text model", CLEAR_ERROR,
+         "refused before anything is written (was: phantoms written and the image half run first)",
+         lambda case_dir, scans: ["--text_artifacts", "/nonexistent/text", *run_settings(case_dir)[2:]],
+         r"error: text model /nonexistent/text/text_mlp_calibrated\.pt does not exist"),
     # outputs
     Case("inferring", "`--output_dir` that cannot be written (under a file)", CLEAR_ERROR,
          "refused before the run's work", on_scan("phantom", out="a_file/out"),

@@ -208,12 +208,19 @@ def load_weights(
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a state dict of this network (e.g. trained with other hyperparameters).
+        ValueError: the file cannot be read as weights, or is not a state dict of this network (e.g. trained with
+            other hyperparameters).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model weights {path} do not exist: train first, or set model_path")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # pickle, zip and EOF errors, whose torch messages point at torch rather than the file
+        raise ValueError(
+            f"model weights {path} cannot be read as a PyTorch state dict ({type(error).__name__}): is it a model.pt, "
+            "and whole?"
+        ) from error
     try:
         network.load_state_dict(state)
     except (RuntimeError, AttributeError, TypeError) as error:

@@ -101,7 +101,8 @@ def test_training_and_evaluation_are_refused_while_another_run_writes_their_fold
     folders = ["--output_dir", str(out), "--ckpt_dir", str(models), "--phantom_dir", str(tmp_path / "phantoms")]
     with Holder(output_dir=out) as first:
         for workflow, configs in [("training", "configs/train.yaml"), ("evaluating", EVALUATE_CONFIGS)]:
-            result = bundle_run(workflow, configs, *folders)
+            given = folders if workflow == "training" else folders[:2] + folders[4:]  # evaluation: the shipped weights
+            result = bundle_run(workflow, configs, *given)
             assert result.returncode == 1, result.stderr[-2000:]
             assert f"error: output_dir {out} is in use by another run (process {first.pid})" in result.stderr
             assert "Traceback" not in result.stderr
